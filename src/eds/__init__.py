@@ -1,0 +1,29 @@
+"""eds: Energy-Driven Steering. Cut false refusals at inference time, keep harmful requests refused.
+
+The method in three calls: `collect` hidden states with good/bad labels, `train` an energy model
+per layer, `steer` generation down the energy landscape.
+"""
+
+__version__ = "0.1.0"
+
+from .collect import CollectConfig, Collection, collect
+from .data import Prompt
+from .data import load as load_prompts
+from .judge import Judge, SubstringJudge, get_judge
+from .models import DEFAULT_MODEL, Fingerprint, LoadedModel, load_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CollectConfig",
+    "Collection",
+    "Fingerprint",
+    "Judge",
+    "LoadedModel",
+    "Prompt",
+    "SubstringJudge",
+    "__version__",
+    "collect",
+    "get_judge",
+    "load_model",
+    "load_prompts",
+]
