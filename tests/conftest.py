@@ -1,10 +1,13 @@
 import warnings
 
 import pytest
+import torch
 
 from eds.testing import tiny_model
 
 warnings.filterwarnings("ignore", message=".*generation flags.*")
+# Tiny models only lose from threads (and CI machines have 2 cores); real-model tests set their own.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

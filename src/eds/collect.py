@@ -338,7 +338,10 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
             problems.append(f"settings differ (was, now): {diff}")
         bad = Fingerprint.from_dict(manifest["fingerprint"]).mismatches(lm.fingerprint)
         if bad or manifest["fingerprint"].get("name") != lm.fingerprint.name:
-            problems.append(f"made with model {manifest['fingerprint'].get('name')!r} {bad}")
+            was = manifest["fingerprint"].get("name")
+            problems.append(
+                f"made with model {was!r}, not {lm.fingerprint.name!r}" + (f" ({'; '.join(bad)})" if bad else "")
+            )
         if not problems and manifest["plan"] != plan:
             problems.append("the prompt list differs (data files changed?)")
         if problems:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up eds in ./.venv, fetch the default model, and run the main job.
+#   ./setup.sh            install + fetch + run the main job on the default model
+#   ./setup.sh --no-run   install + fetch only (what CI uses)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "eds needs Python >= 3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# Torch first, pinned: this version's CPU build is what these machines carry; an unpinned torch would
+# pull a CUDA build of several GB. Elsewhere set EDS_TORCH_SPEC to the torch you want.
+pip install "${EDS_TORCH_SPEC:-torch==2.13.0}"
+pip install -e '.[dev]'
+.venv/bin/eds fetch
+if [ "${1:-}" != "--no-run" ]; then
+  .venv/bin/eds collect --limit 100 --out runs/quickstart
+fi

@@ -1,0 +1,56 @@
+import json
+
+from typer.testing import CliRunner
+
+from eds.cli import app
+
+runner = CliRunner()
+
+
+def test_datasets_and_models_listing(eds_cache):
+    res = runner.invoke(app, ["datasets"])
+    assert res.exit_code == 0 and "orbench_hard" in res.output and "train 662" in res.output
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "missing" in res.output
+
+
+def test_collect_on_a_local_model_folder(tmp_path, tiny):
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i}?", "label": ["benign", "harmful"][i % 2]}) + "\n" for i in range(6)
+        )
+    )
+    args = [
+        "collect",
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-new-tokens",
+        "3",
+        "--gen-tokens",
+        "1",
+        "--dtype",
+        "float32",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "harmful answered" in res.output and "saved 6 rows x 3 layers" in res.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert len(manifest["plan"]) == 6 and manifest["judge"] == "substring"
+
+
+def test_clear_errors(tmp_path, eds_cache):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine", "label": "benign"}\n{"prompt": "x", "label": "maybe"}\n')
+    res = runner.invoke(app, ["collect", "--data", str(bad), "--model", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "error" in res.output
+    res = runner.invoke(app, ["fetch", "gpt-17"])
+    assert res.exit_code == 2 and "unknown built-in model" in res.output
+    res = runner.invoke(app, ["collect", "--max-new-tokens", "2", "--gen-tokens", "4"])
+    assert res.exit_code == 2 and "must exceed gen_tokens" in res.output
