@@ -85,6 +85,35 @@ def datasets() -> None:
     )
 
 
+@app.command("judge-eval")
+def judge_eval(
+    files: Annotated[list[Path], typer.Argument(help="JSONL with `response` and human `refused` (true/false)")],
+    judge: Annotated[list[str] | None, typer.Option(help="judges to score (default: all built-in)")] = None,
+    show_errors: Annotated[bool, typer.Option(help="print the replies each judge gets wrong")] = False,
+) -> None:
+    """Measure refusal judges against human labels: precision and recall with 95% intervals."""
+    import json
+
+    from .judge import JUDGES, get_judge, judge_scores
+
+    table = Table("file", "judge", "n", "precision", "recall", "accuracy")
+    for f in files:
+        try:
+            rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not all("response" in r and "refused" in r for r in rows):
+                _fail(f"{f}: every line needs `response` and `refused`")
+        except (OSError, json.JSONDecodeError) as e:
+            _fail(f"{f}: {e}")
+        for name in judge or list(JUDGES):
+            s = judge_scores(get_judge(name), rows)
+            table.add_row(f.name, s.judge, str(s.n), str(s.precision), str(s.recall), str(s.accuracy))
+            if show_errors:
+                for e in s.errors:
+                    kind = "false refusal" if e["judged_refused"] else "missed refusal"
+                    err.print(f"[{name}] {kind}: {e['response'][:160]!r}")
+    console.print(table)
+
+
 def _counts_table(records: list[dict]) -> Table:
     from .collect import label_counts
 
@@ -115,7 +144,7 @@ def collect(
     limit: Annotated[int | None, typer.Option(help="keep this many prompts, spread over the sets")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="tokens generated per prompt")] = 48,
     gen_tokens: Annotated[int, typer.Option(help="generated-token positions kept (k)")] = 4,
-    batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 8,
+    batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 16,
     system_prompt: Annotated[str | None, typer.Option(help="system message (default: template's)")] = None,
     judge: Annotated[str, typer.Option(help="refusal judge: substring, jbb")] = "substring",
     dtype: DtypeOpt = "bfloat16",

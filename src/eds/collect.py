@@ -48,7 +48,7 @@ class CollectConfig:
     limit: int | None = None
     max_new_tokens: int = 48
     gen_tokens: int = 4
-    batch_size: int = 8
+    batch_size: int = 16
     shard_size: int = 64
     system_prompt: str | None = None
     store_dtype: str = "bfloat16"
