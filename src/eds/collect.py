@@ -13,7 +13,6 @@ point: a killed run resumes from the last manifest with no row lost or counted t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import data as data_mod
+from .io import sha256_file, tmp_path, versions, write_text_atomic
 from .judge import Judge, get_judge
 from .models import Fingerprint, LoadedModel, resolve_dtype
 
@@ -171,43 +171,14 @@ def generate_with_states(
 # ----------------------------------------------------------------------------- storage
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _atomic(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_shard(folder: Path, index: int, rows: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> dict:
     stem = f"shard-{index:05d}"
     st_path, js_path = folder / f"{stem}.safetensors", folder / f"{stem}.jsonl"
-    tmp = _atomic(st_path)
+    tmp = tmp_path(st_path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, st_path)
-    _write_text_atomic(js_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"name": stem, "rows": len(rows), "sha256": _sha256(st_path), "records_sha256": _sha256(js_path)}
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    from . import __version__
-
-    return {"eds": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    write_text_atomic(js_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"name": stem, "rows": len(rows), "sha256": sha256_file(st_path), "records_sha256": sha256_file(js_path)}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -239,7 +210,7 @@ class Collection:
                 p = path / (shard["name"] + suffix)
                 if not p.is_file():
                     raise CollectionError(f"{p}: listed in the manifest but missing")
-                if verify and _sha256(p) != shard[key]:
+                if verify and sha256_file(p) != shard[key]:
                     raise CollectionError(f"{p}: fails its sha256 check; the collection is damaged")
             with open(path / f"{shard['name']}.jsonl", encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f]
@@ -366,10 +337,10 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
         "judge": None,
         "plan": plan,
         "shards": [],
-        "versions": _versions(),
+        "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_text_atomic(mf, json.dumps(manifest, indent=1, ensure_ascii=False))
+    write_text_atomic(mf, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
 
@@ -423,7 +394,7 @@ def collect(
         entry = _write_shard(out, len(manifest["shards"]), buf_rows, tensors)
         manifest["shards"].append(entry)
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+        write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
         buf_rows.clear()
         buf_t.clear()
 
@@ -492,7 +463,7 @@ def collect(
             "prompts_per_s": round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None,
         }
     )
-    _write_text_atomic(out / "manifest.json", json.dumps(col.manifest, indent=1, ensure_ascii=False))
+    write_text_atomic(out / "manifest.json", json.dumps(col.manifest, indent=1, ensure_ascii=False))
     for msg in class_warnings(col.records):
         warnings.warn(msg, stacklevel=2)
     return col

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .io import sha256_file, write_text_atomic
+
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 CACHE_ENV = "EDS_CACHE"
 _MARKER = "eds-cache.json"
@@ -81,20 +83,6 @@ def builtin_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def cache_state(name: str, *, full: bool = True) -> str:
     """'ready', 'missing' or 'corrupt: <why>' for a built-in model's converted folder.
 
@@ -119,7 +107,7 @@ def cache_state(name: str, *, full: bool = True) -> str:
             return f"corrupt: {fname} missing"
         if p.stat().st_size != info["size"]:
             return f"corrupt: {fname} has the wrong size"
-        if full and _sha256_file(p) != info["sha256"]:
+        if full and sha256_file(p) != info["sha256"]:
             return f"corrupt: {fname} fails its sha256 check"
     return "ready"
 
@@ -242,18 +230,16 @@ def prepare_builtin(name: str, *, force: bool = False) -> Path:
         out = work / "model"
         _convert_gguf(gguf_dir, out)
         files = {
-            p.name: {"size": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(out.iterdir()) if p.is_file()
+            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir()) if p.is_file()
         }
-        _write_json_atomic(
-            out / _MARKER,
-            {
-                "name": name,
-                "upstream": spec.upstream,
-                "source_sha256": spec.sha256,
-                "packages": spec.requirements(),
-                "files": files,
-            },
-        )
+        marker = {
+            "name": name,
+            "upstream": spec.upstream,
+            "source_sha256": spec.sha256,
+            "packages": spec.requirements(),
+            "files": files,
+        }
+        write_text_atomic(out / _MARKER, json.dumps(marker, indent=2, sort_keys=True))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(out, folder)

@@ -1,0 +1,182 @@
+"""The artifact users save and share: energy models of the chosen layers (safetensors) plus a JSON
+config (layers, thresholds, input statistics, steering settings, training summary, metrics, the
+LLM's fingerprint, versions). Loading checks integrity; using it checks the fingerprint. No pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .energy import EnergyMLP
+from .io import sha256_file, versions
+from .models import Fingerprint, LoadedModel
+
+FORMAT = "eds.bundle/1"
+WEIGHTS, CONFIG = "energy.safetensors", "bundle.json"
+MODES = ("always", "gated")
+POSITIONS = ("prompt", "all")
+
+
+class BundleError(ValueError):
+    """A bundle is damaged, malformed, or made for another model."""
+
+
+@dataclass
+class SteerSettings:
+    """How to steer: `eta` is the step length relative to ‖h‖ at each position; `positions` is
+    `prompt` (the last prompt token only), `all` (it and every generated token) or an int n (it and
+    the first n generated tokens); `mode` is `always` or `gated` (only above the layer threshold)."""
+
+    eta: float = 0.05
+    steps: int = 3
+    mode: str = "always"
+    positions: str | int = "all"
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise BundleError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if not (self.positions in POSITIONS or (isinstance(self.positions, int) and self.positions >= 0)):
+            raise BundleError(f"positions must be one of {POSITIONS} or a count >= 0, not {self.positions!r}")
+        if self.steps < 0 or self.eta < 0:
+            raise BundleError("steps and eta must be >= 0")
+
+
+@dataclass
+class EnergyBundle:
+    fingerprint: Fingerprint
+    models: dict[int, EnergyMLP]
+    thresholds: dict[int, float]
+    steering: SteerSettings = field(default_factory=SteerSettings)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    data_summary: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.models)
+
+    @classmethod
+    def from_training(
+        cls,
+        result: Any,
+        fingerprint: Fingerprint,
+        layers: list[int] | None = None,
+        steering: SteerSettings | None = None,
+    ) -> EnergyBundle:
+        """Keep the chosen layers (or `layers`) of a TrainResult."""
+        keep = layers if layers is not None else result.chosen
+        missing = [layer for layer in keep if layer not in result.models]
+        if missing:
+            raise BundleError(f"layers {missing} were not trained (trained: {sorted(result.models)})")
+        thresholds = {r.layer: r.threshold for r in result.results}
+        return cls(
+            fingerprint=fingerprint,
+            models={layer: result.models[layer] for layer in keep},
+            thresholds={layer: thresholds[layer] for layer in keep},
+            steering=steering or SteerSettings(),
+            metrics=result.table(),
+            train_config=asdict(result.config),
+            data_summary=result.data_summary,
+            versions=versions(),
+        )
+
+    def check(self, lm: LoadedModel | Fingerprint) -> None:
+        """Raise BundleError unless this bundle was made for a model of this shape."""
+        fp = lm if isinstance(lm, Fingerprint) else lm.fingerprint
+        bad = self.fingerprint.mismatches(fp)
+        if bad:
+            raise BundleError(
+                f"this energy bundle was made for {self.fingerprint.name or 'another model'} and "
+                f"does not fit {fp.name or 'this model'}: " + "; ".join(bad)
+            )
+        over = [layer for layer in self.layers if layer >= fp.num_layers]
+        if over:
+            raise BundleError(f"bundle layers {over} do not exist in a {fp.num_layers}-layer model")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `path/energy.safetensors` and `path/bundle.json` (atomically, JSON last)."""
+        self.steering.validate()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"layer.{layer}.{k}": v.detach().cpu().contiguous()
+            for layer, m in self.models.items()
+            for k, v in m.state_dict().items()
+        }
+        tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        os.replace(tmp, path / WEIGHTS)
+        config = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint.to_dict(),
+            "layers": {
+                str(layer): {"widths": list(m.widths), "threshold": self.thresholds[layer]}
+                for layer, m in sorted(self.models.items())
+            },
+            "steering": asdict(self.steering),
+            "metrics": self.metrics,
+            "train_config": self.train_config,
+            "data_summary": self.data_summary,
+            "versions": self.versions or versions(),
+            "weights_sha256": sha256_file(path / WEIGHTS),
+        }
+        tmp = path / f".{CONFIG}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(config, indent=1, default=_json_default))
+        os.replace(tmp, path / CONFIG)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EnergyBundle:
+        path = Path(path)
+        cfg_path, w_path = path / CONFIG, path / WEIGHTS
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise BundleError(f"{path}: not an eds bundle (needs {CONFIG} and {WEIGHTS})")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{cfg_path}: unreadable ({e})") from None
+        if cfg.get("format") != FORMAT:
+            raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
+        if sha256_file(w_path) != cfg.get("weights_sha256"):
+            raise BundleError(f"{w_path}: does not match the sha256 recorded in {CONFIG}; the bundle is damaged")
+        fp = Fingerprint.from_dict(cfg["fingerprint"])
+        tensors = load_file(str(w_path))
+        models, thresholds = {}, {}
+        for key, info in cfg["layers"].items():
+            layer = int(key)
+            m = EnergyMLP(fp.hidden_size, tuple(info["widths"]))
+            prefix = f"layer.{layer}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                m.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise BundleError(f"{w_path}: layer {layer} does not match its config ({e})") from None
+            models[layer] = m.eval().requires_grad_(False)
+            thresholds[layer] = float(info["threshold"])
+        steering = SteerSettings(**cfg.get("steering", {}))
+        steering.validate()
+        return cls(
+            fingerprint=fp,
+            models=models,
+            thresholds=thresholds,
+            steering=steering,
+            metrics=cfg.get("metrics", []),
+            train_config=cfg.get("train_config", {}),
+            data_summary=cfg.get("data_summary", {}),
+            versions=cfg.get("versions", {}),
+        )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return list(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

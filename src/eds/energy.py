@@ -1,0 +1,114 @@
+"""The energy model E(h) -> scalar, its InfoNCE loss, and its input gradient in closed form.
+
+E is a small MLP on the normalised residual stream, with SiLU activations so that the input
+gradient is smooth and informative everywhere. Steering needs dE/dh inside `generate`, which runs
+under inference mode; rather than rebuilding an autograd graph per step, `energy_and_grad` does
+the MLP's backward pass by hand (three matmuls), in float32 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def default_widths(hidden_size: int) -> tuple[int, int]:
+    """Hidden widths scaled to the LLM: about H/2 and H/4, rounded to 64, within [128, 1024]."""
+    w1 = int(min(1024, max(128, round(hidden_size / 2 / 64) * 64)))
+    return w1, max(64, w1 // 2)
+
+
+class EnergyMLP(nn.Module):
+    """E(h) = w3 · silu(W2 silu(W1 (h - mean) / std + b1) + b2) + b3.
+
+    No dropout: the model behaves the same in training and steering, and its gradient is the one
+    that was trained."""
+
+    def __init__(self, hidden_size: int, widths: tuple[int, ...] | None = None):
+        super().__init__()
+        widths = tuple(widths or default_widths(hidden_size))
+        dims = (hidden_size, *widths, 1)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("std", torch.ones(hidden_size))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.linears[0].in_features
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(lin.out_features for lin in self.linears[:-1])
+
+    def set_input_stats(self, x: Tensor, eps: float = 1e-4) -> None:
+        """Normalise inputs by training-set statistics (residual streams have a few huge dimensions)."""
+        x = x.float()
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(eps))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Energy of each state: [..., H] -> [...] in float32."""
+        x = (h.float() - self.mean) / self.std
+        for lin in self.linears[:-1]:
+            x = F.silu(lin(x))
+        return self.linears[-1](x).squeeze(-1)
+
+    def energy_and_grad(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """E(h) and dE/dh for a batch of states [N, H], by a hand-written backward pass.
+
+        Works under torch.inference_mode and needs no autograd graph; float32 throughout."""
+        x = (h.float() - self.mean) / self.std
+        pre: list[Tensor] = []
+        for lin in self.linears[:-1]:
+            z = lin(x)
+            pre.append(z)
+            x = F.silu(z)
+        energy = self.linears[-1](x).squeeze(-1)
+        g = self.linears[-1].weight.expand(x.shape[0], -1)  # dE/dx_last, [N, w_last]
+        for lin, z in zip(reversed(self.linears[:-1]), reversed(pre), strict=True):
+            s = torch.sigmoid(z)
+            g = (g * (s * (1 + z * (1 - s)))) @ lin.weight  # silu'(z) = s (1 + z (1 - s))
+        return energy, g / self.std
+
+
+def info_nce(e_good: Tensor, e_bad: Tensor, temperature: float) -> Tensor:
+    """InfoNCE over energies: each good state against all the batch's bad states.
+
+    For good state i the logits are -E/T of [good_i, bad_1, ..., bad_m] and the target is good_i:
+    loss_i = logsumexp(-E_good_i/T, -E_bad/T) + E_good_i/T. Vectorised over i."""
+    pos = -e_good / temperature  # [n]
+    neg = (-e_bad / temperature).unsqueeze(0).expand(pos.shape[0], -1)  # [n, m]
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos).mean()
+
+
+def auroc(scores: Tensor, positive: Tensor) -> float:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties 1/2."""
+    scores, positive = scores.float().flatten(), positive.bool().flatten()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both classes")
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
+    # average the ranks of tied scores
+    uniq, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    if len(uniq) < len(scores):
+        sums = torch.zeros(len(uniq), dtype=scores.dtype).index_add_(0, inverse, ranks)
+        ranks = (sums / counts)[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def calibrate_threshold(e_good: Tensor, e_bad: Tensor) -> float:
+    """The energy threshold that best separates good (below) from bad (above) on held-out data:
+    maximises balanced accuracy (Youden's J). InfoNCE fixes energies only up to a constant, so a
+    fixed threshold such as 0 means nothing; this one is measured."""
+    e = torch.cat([e_good, e_bad]).float()
+    cands = torch.unique(e)
+    mids = torch.cat([cands[:1] - 1, (cands[1:] + cands[:-1]) / 2, cands[-1:] + 1])
+    tpr_good = (e_good.float().unsqueeze(0) < mids.unsqueeze(1)).float().mean(1)
+    tnr_bad = (e_bad.float().unsqueeze(0) >= mids.unsqueeze(1)).float().mean(1)
+    return float(mids[(tpr_good + tnr_bad).argmax()])

@@ -1,0 +1,41 @@
+"""File plumbing shared by every artifact: checksums, atomic writes, version stamps."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tmp_path(path: Path) -> Path:
+    """A hidden sibling to write into before os.replace makes the file appear whole."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write, fsync, then rename: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    """Versions that decide whether an artifact's numbers can be reproduced."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"eds": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
