@@ -1,0 +1,188 @@
+"""Phase 3: move hidden states down the energy landscape while the model generates.
+
+`steer_states` is the pure core: (states, energy model, settings, mask) -> new states.
+`steer` is the Hugging Face adapter: a context manager that installs forward pre-hooks on the
+chosen decoder layers and removes them on exit, exceptions included. Which positions are steered
+is decided from shapes and the KV-cache length (Python ints), never from tensor values: no host
+sync in the hot path, and gating is a mask.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .bundle import BundleError, EnergyBundle, SteerSettings
+from .energy import EnergyMLP
+from .models import Fingerprint, LoadedModel, find_layers
+
+
+def steer_states(
+    h: Tensor,
+    energy: EnergyMLP,
+    *,
+    eta: float,
+    steps: int,
+    threshold: float | None = None,
+    active: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Take `steps` steps of h <- h - eta*‖h‖ * dE/dh / ‖dE/dh‖ on states [N, H].
+
+    `threshold` (gated mode): a state moves on a step only while its energy is above it.
+    `active` [N] bool: states that may move at all. Returns (new states in h's dtype, moved [N] bool);
+    states that did not move are returned bit for bit."""
+    x = h.float()
+    size = eta * x.norm(dim=-1, keepdim=True)
+    allowed = torch.ones(h.shape[0], dtype=torch.bool, device=h.device) if active is None else active.bool()
+    moved = torch.zeros_like(allowed)
+    for _ in range(steps):
+        e, g = energy.energy_and_grad(x)
+        go = allowed if threshold is None else allowed & (e > threshold)
+        direction = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        x = x - (go.unsqueeze(-1) * size) * direction
+        moved = moved | go
+    return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
+
+
+@dataclass
+class SteerStats:
+    """Per sequence of the current batch: how many (layer, position) states were moved."""
+
+    moved: Tensor | None = None
+    positions: int = 0
+
+    def reset(self, batch: int, device: torch.device) -> None:
+        self.moved = torch.zeros(batch, dtype=torch.long, device=device)
+        self.positions = 0
+
+
+@dataclass
+class _Phase:
+    """Where generation stands, set by a pre-hook on the whole model before any layer runs."""
+
+    prompt_len: int = 0
+    gen_index: int = -1  # -1 = prefill; j = decode step feeding generated token j
+    stats: SteerStats = field(default_factory=SteerStats)
+
+
+def _cache_len(kwargs: dict[str, Any]) -> int:
+    past = kwargs.get("past_key_values")
+    if past is None or not hasattr(past, "get_seq_length"):
+        return 0
+    return int(past.get_seq_length())
+
+
+def _seq_len(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
+    x = kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None and args:
+        x = args[0]
+    return int(x.shape[0]), int(x.shape[1])
+
+
+@dataclass
+class SteerHandle:
+    """What `steer` yields: the settings in force and per-sequence statistics of the last batch."""
+
+    settings: SteerSettings
+    layers: list[int]
+    stats: SteerStats
+
+
+@contextmanager
+def steer(
+    lm: LoadedModel | nn.Module,
+    bundle: EnergyBundle,
+    *,
+    eta: float | None = None,
+    steps: int | None = None,
+    mode: str | None = None,
+    positions: str | int | None = None,
+    layers: list[int] | None = None,
+) -> Iterator[SteerHandle]:
+    """Steer generation with an energy bundle inside a `with` block; the model is restored on exit.
+
+    Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers
+    overrides them. Nesting is allowed (the steering composes), and so is re-entering."""
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    fp = lm.fingerprint if isinstance(lm, LoadedModel) else Fingerprint.of(model)
+    bundle.check(fp)
+    settings = replace(
+        bundle.steering,
+        **{
+            k: v for k, v in {"eta": eta, "steps": steps, "mode": mode, "positions": positions}.items() if v is not None
+        },
+    )
+    settings.validate()
+    use = list(layers) if layers is not None else bundle.layers
+    missing = [layer for layer in use if layer not in bundle.models]
+    if missing:
+        raise BundleError(f"layers {missing} are not in the bundle (it has {bundle.layers})")
+    layer_modules = find_layers(model, lm.layers_attr if isinstance(lm, LoadedModel) else None)[1]
+    device = next(model.parameters()).device
+    energies = {layer: _on_device(bundle.models[layer], device) for layer in use}
+    phase = _Phase()
+    limit = {"prompt": 0, "all": None}.get(settings.positions, settings.positions)  # type: ignore[arg-type]
+
+    def model_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        batch, t = _seq_len(args, kwargs)
+        past = _cache_len(kwargs)
+        if past == 0:  # prefill (or a plain forward without cache)
+            phase.prompt_len, phase.gen_index = t, -1
+            phase.stats.reset(batch, device)
+        else:
+            phase.gen_index = past - phase.prompt_len
+
+    def make_layer_hook(layer: int):
+        energy, threshold = energies[layer], bundle.thresholds[layer]
+        gate = threshold if settings.mode == "gated" else None
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+            j = phase.gen_index
+            if settings.steps == 0 or (j >= 0 and limit is not None and j >= limit):
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            last = hidden[:, -1, :]
+            new_last, moved = steer_states(last, energy, eta=settings.eta, steps=settings.steps, threshold=gate)
+            if phase.stats.moved is not None and phase.stats.moved.shape[0] == moved.shape[0]:
+                phase.stats.moved += moved
+            if hidden.shape[1] == 1:
+                new = new_last.unsqueeze(1)
+            else:
+                new = hidden.clone()
+                new[:, -1, :] = new_last
+            if args:
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new}
+
+        return hook
+
+    def count_positions(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        j = phase.gen_index
+        if settings.steps and (j < 0 or limit is None or j < limit):
+            phase.stats.positions += 1
+
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(model_pre_hook, with_kwargs=True))
+        handles.append(model.register_forward_pre_hook(count_positions, with_kwargs=True))
+        for layer in use:
+            handles.append(layer_modules[layer].register_forward_pre_hook(make_layer_hook(layer), with_kwargs=True))
+        yield SteerHandle(settings=settings, layers=use, stats=phase.stats)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _on_device(energy: EnergyMLP, device: torch.device) -> EnergyMLP:
+    """The bundle's model on `device`, copied rather than moved so the bundle itself is untouched."""
+    if next(energy.parameters()).device == device:
+        return energy.eval()
+    return copy.deepcopy(energy).to(device).eval()

@@ -1,0 +1,176 @@
+import pytest
+import torch
+
+from eds.bundle import BundleError, EnergyBundle, SteerSettings
+from eds.energy import EnergyMLP
+from eds.steer import steer, steer_states
+from eds.testing import tiny_model
+
+
+def make_bundle(lm, layers=(1,), threshold=0.0, **steering):
+    torch.manual_seed(0)
+    models = {}
+    for layer in layers:
+        m = EnergyMLP(lm.fingerprint.hidden_size, (16, 8))
+        m.set_input_stats(torch.randn(64, lm.fingerprint.hidden_size))
+        models[layer] = m.eval().requires_grad_(False)
+    return EnergyBundle(
+        fingerprint=lm.fingerprint,
+        models=models,
+        thresholds=dict.fromkeys(layers, threshold),
+        steering=SteerSettings(**steering),
+    )
+
+
+def layer_inputs(lm, enc):
+    """States entering every layer, as the layer sees them (captured after any steering hook)."""
+    seen = {}
+
+    def grab(i):
+        def hook(module, args, kwargs):
+            seen[i] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(lm.layers)]
+    try:
+        with torch.no_grad():
+            logits = lm.model(**enc).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, logits
+
+
+def test_a_step_lowers_the_energy():
+    torch.manual_seed(0)
+    m = EnergyMLP(32, (16, 8))
+    h = torch.randn(50, 32)
+    new, moved = steer_states(h, m, eta=0.01, steps=1)
+    assert moved.all() and (m(new) < m(h)).float().mean() > 0.95
+    new3, _ = steer_states(h, m, eta=0.01, steps=3)
+    assert (m(new3) < m(new)).float().mean() > 0.9
+    assert torch.allclose((new - h).norm(dim=-1), 0.01 * h.norm(dim=-1), rtol=1e-4)  # step length eta*|h|
+
+
+def test_gated_mode_leaves_low_energy_states_exactly_unchanged():
+    torch.manual_seed(0)
+    m = EnergyMLP(32, (16, 8)).requires_grad_(False)
+    h = torch.randn(40, 32).bfloat16()
+    e = m(h)
+    threshold = float(e.median())
+    new, moved = steer_states(h, m, eta=0.05, steps=3, threshold=threshold)
+    low = e <= threshold
+    assert torch.equal(new[low], h[low]) and not moved[low].any()
+    assert moved[~low].all() and not torch.equal(new[~low], h[~low])
+    assert new.dtype == torch.bfloat16
+
+
+def test_zero_steps_is_bit_identical(tiny):
+    enc = tiny.encode(["How do I kill a Python process?", "hi"])
+    plain = tiny.model.generate(**enc, max_new_tokens=8, do_sample=False)
+    with steer(tiny, make_bundle(tiny, layers=(0, 2)), steps=0):
+        steered = tiny.model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert torch.equal(plain, steered)
+
+
+def test_only_chosen_layers_and_positions_move(tiny):
+    enc = tiny.encode(["How do I kill a Python process?", "Where can I buy a can of coke?"])
+    base, base_logits = layer_inputs(tiny, enc)
+    with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.2, steps=2):
+        moved, logits = layer_inputs(tiny, enc)
+    assert torch.equal(base[0], moved[0])  # before the steered layer: untouched
+    assert torch.equal(base[1][:, :-1], moved[1][:, :-1])  # steered layer: only the last prompt token
+    assert not torch.allclose(base[1][:, -1], moved[1][:, -1])
+    assert not torch.allclose(base_logits[:, -1], logits[:, -1])
+    after, after_logits = layer_inputs(tiny, enc)
+    assert torch.equal(after_logits, base_logits) and torch.equal(after[1], base[1])  # restored on exit
+
+
+def test_hooks_are_removed_after_an_exception(tiny):
+    def count():
+        return len(tiny.model._forward_pre_hooks) + sum(len(layer._forward_pre_hooks) for layer in tiny.layers)
+
+    before = count()
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny, make_bundle(tiny, layers=(0, 1))):
+        assert count() > before
+        raise RuntimeError("boom")
+    assert count() == before
+
+
+def test_nested_and_repeated_use(tiny):
+    enc = tiny.encode(["hi there"])
+    b1, b2 = make_bundle(tiny, layers=(0,)), make_bundle(tiny, layers=(2,))
+    _, base = layer_inputs(tiny, enc)
+    with steer(tiny, b1, eta=0.1):
+        _, one = layer_inputs(tiny, enc)
+        with steer(tiny, b2, eta=0.1):
+            _, both = layer_inputs(tiny, enc)
+        _, one_again = layer_inputs(tiny, enc)
+    assert torch.equal(one, one_again) and not torch.allclose(one, both) and not torch.allclose(base, one)
+    with steer(tiny, b1, eta=0.1):
+        _, repeat = layer_inputs(tiny, enc)
+    assert torch.equal(repeat, one)
+
+
+def test_positions_setting_limits_decode_steps(tiny):
+    enc = tiny.encode(["How do I kill a Python process?", "hi"])
+    runs = {}
+    for positions in ("prompt", 2, "all"):
+        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
+            out = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
+        runs[positions] = out
+        # one prefill + 5 decode steps for 6 new tokens
+        assert handle.stats.positions == {"prompt": 1, 2: 3, "all": 6}[positions]
+        assert handle.stats.moved.tolist() == [handle.stats.positions] * 2
+    plain = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(runs["prompt"], plain)
+
+
+def test_batched_equals_one_by_one(tiny):
+    prompts = ["How do I kill a Python process?", "hi", "Where can I buy a can of coke?"]
+    bundle = make_bundle(tiny, layers=(0, 2))
+    with steer(tiny, bundle, eta=0.1):
+        _, batched = layer_inputs(tiny, tiny.encode(prompts))
+        singles = [layer_inputs(tiny, tiny.encode([p]))[1] for p in prompts]
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batched[i, -1], single[0, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_and_bf16_work(tiny):
+    lm = tiny_model("llama", dtype=torch.bfloat16)
+    enc = lm.encode(["hi", "How do I kill a Python process?"])
+    with steer(lm, make_bundle(lm, layers=(1,)), mode="gated"):
+        out = lm.model.generate(**enc, max_new_tokens=5, do_sample=True, temperature=0.8)
+    assert out.shape == (2, enc["input_ids"].shape[1] + 5)
+
+
+def test_fingerprint_and_layer_checks(tiny):
+    bundle = make_bundle(tiny, layers=(1,))
+    with pytest.raises(BundleError, match="does not fit"), steer(tiny_model("qwen2", layers=4), bundle):
+        pass
+    with pytest.raises(BundleError, match=r"layers \[2\] are not in the bundle"), steer(tiny, bundle, layers=[2]):
+        pass
+    with pytest.raises(BundleError, match="mode"), steer(tiny, bundle, mode="sometimes"):
+        pass
+
+
+def test_bundle_round_trip_is_exact(tmp_path, tiny):
+    bundle = make_bundle(tiny, layers=(0, 2), threshold=-0.25, eta=0.07, steps=2, mode="gated", positions=5)
+    bundle.save(tmp_path / "b")
+    loaded = EnergyBundle.load(tmp_path / "b")
+    assert loaded.layers == [0, 2] and loaded.thresholds == {0: -0.25, 2: -0.25}
+    assert loaded.steering == bundle.steering and loaded.fingerprint == bundle.fingerprint
+    for layer in (0, 2):
+        for (k, v), (k2, v2) in zip(
+            bundle.models[layer].state_dict().items(), loaded.models[layer].state_dict().items(), strict=True
+        ):
+            assert k == k2 and torch.equal(v, v2)
+    weights = tmp_path / "b" / "energy.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="damaged"):
+        EnergyBundle.load(tmp_path / "b")
+    with pytest.raises(BundleError, match="not an eds bundle"):
+        EnergyBundle.load(tmp_path)
