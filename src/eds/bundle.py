@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from .energy import EnergyMLP
 from .io import sha256_file, versions
 from .models import Fingerprint, LoadedModel
+from .probe import HarmProbe
 
 FORMAT = "eds.bundle/1"
 WEIGHTS, CONFIG = "energy.safetensors", "bundle.json"
@@ -37,6 +38,7 @@ class SteerSettings:
     steps: int = 3
     mode: str = "always"
     positions: str | int = "all"
+    harm_gate: bool = True  # use the bundle's harmfulness gate, if it has one
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -57,6 +59,19 @@ class EnergyBundle:
     train_config: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    gate: HarmProbe | None = None  # harmfulness probe: sequences above gate_threshold are never steered
+    gate_layer: int | None = None
+    gate_threshold: float | None = None
+    gate_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def set_gate(self, probe: HarmProbe, layer: int, threshold: float, metrics: dict[str, Any] | None = None) -> None:
+        if self.models and layer > min(self.models):
+            raise BundleError(
+                f"the gate layer ({layer}) must not come after the first steered layer "
+                f"({min(self.models)}): it has to decide before any state is moved"
+            )
+        self.gate, self.gate_layer, self.gate_threshold = probe.eval().requires_grad_(False), layer, threshold
+        self.gate_metrics = metrics or {}
 
     @property
     def layers(self) -> list[int]:
@@ -110,6 +125,8 @@ class EnergyBundle:
             for layer, m in self.models.items()
             for k, v in m.state_dict().items()
         }
+        if self.gate is not None:
+            tensors |= {f"gate.{k}": v.detach().cpu().contiguous() for k, v in self.gate.state_dict().items()}
         tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, path / WEIGHTS)
@@ -126,6 +143,9 @@ class EnergyBundle:
             "data_summary": self.data_summary,
             "versions": self.versions or versions(),
             "weights_sha256": sha256_file(path / WEIGHTS),
+            "gate": None
+            if self.gate is None
+            else {"layer": self.gate_layer, "threshold": self.gate_threshold, "metrics": self.gate_metrics},
         }
         tmp = path / f".{CONFIG}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(config, indent=1, default=_json_default))
@@ -162,7 +182,7 @@ class EnergyBundle:
             thresholds[layer] = float(info["threshold"])
         steering = SteerSettings(**cfg.get("steering", {}))
         steering.validate()
-        return cls(
+        bundle = cls(
             fingerprint=fp,
             models=models,
             thresholds=thresholds,
@@ -172,6 +192,15 @@ class EnergyBundle:
             data_summary=cfg.get("data_summary", {}),
             versions=cfg.get("versions", {}),
         )
+        if cfg.get("gate"):
+            probe = HarmProbe(fp.hidden_size)
+            try:
+                probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
+            except RuntimeError as e:
+                raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
+            g = cfg["gate"]
+            bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
+        return bundle
 
 
 def _json_default(obj: Any) -> Any:

@@ -186,6 +186,162 @@ def collect(
         err.print(f"[bold yellow]warning:[/] {w.message}")
 
 
+@app.command("train")
+def train_cmd(
+    collection: Annotated[Path, typer.Argument(help="a collection folder made by `eds collect`")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle folder")] = None,
+    positions: Annotated[str, typer.Option(help="states to train on: prompt, gen, all")] = "prompt",
+    top_k: Annotated[int, typer.Option(help="layers to keep, by validation AUROC")] = 3,
+    layers: Annotated[str | None, typer.Option(help="layers to train, e.g. 10-23 or 12,18,22")] = None,
+    val_dataset: Annotated[list[str] | None, typer.Option(help="source kept out of training, scored on")] = None,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature")] = 1.0,
+    eta: Annotated[float, typer.Option(help="default step length, relative to |h|")] = 0.05,
+    steps: Annotated[int, typer.Option(help="default gradient steps per position")] = 3,
+    mode: Annotated[str, typer.Option(help="default steering mode: always, gated")] = "always",
+) -> None:
+    """Phase 2: train an energy model per layer, score layers (AUROC), save the best as a bundle."""
+    from .bundle import BundleError, EnergyBundle, SteerSettings
+    from .collect import Collection, CollectionError
+    from .train import TrainConfig, TrainError, plot_auroc, train
+
+    try:
+        col = Collection.open(collection)
+        cfg = TrainConfig(
+            positions=positions,
+            top_k=top_k,
+            layers=_parse_layers(layers) if layers else None,
+            val_datasets=tuple(val_dataset or ()),
+            temperature=temperature,
+        )
+        res = train(col, cfg)
+        bundle = EnergyBundle.from_training(
+            res, col.fingerprint, steering=SteerSettings(eta=eta, steps=steps, mode=mode)
+        )
+        out = out or collection.parent / "bundle"
+        bundle.save(out)
+    except (CollectionError, TrainError, BundleError, ValueError) as e:
+        _fail(str(e))
+    table = Table("layer", "val AUROC", "train AUROC", "threshold", "epochs", "s")
+    for r in res.results:
+        star = " *" if r.layer in res.chosen else ""
+        table.add_row(
+            f"{r.layer}{star}",
+            f"{r.val_auroc:.3f}",
+            f"{r.train_auroc:.3f}",
+            f"{r.threshold:.3f}",
+            str(r.epochs),
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    plot_auroc(res, str(out / "auroc_by_layer.png"))
+    console.print(f"chosen layers (*): {res.chosen}; bundle saved to {out} (plot: auroc_by_layer.png)")
+
+
+def _parse_layers(spec: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        try:
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+        except ValueError:
+            raise ValueError(f"bad layer list {spec!r}: use e.g. 10-23 or 12,18,22") from None
+    return tuple(out)
+
+
+EtaOpt = Annotated[float | None, typer.Option(help="step length relative to |h| (default: bundle's)")]
+StepsOpt = Annotated[int | None, typer.Option(help="gradient steps per position (default: bundle's)")]
+ModeOpt = Annotated[str | None, typer.Option(help="always or gated (default: bundle's)")]
+
+
+def _load_for_steering(model: str, bundle_path: Path | None, dtype: str, device: str | None, system_prompt: str | None):
+    from .bundle import BundleError, EnergyBundle
+    from .models import load_model
+
+    try:
+        bundle = EnergyBundle.load(bundle_path) if bundle_path else None
+        lm = load_model(model, dtype=dtype, device=device, system_prompt=system_prompt)
+        if bundle is not None:
+            bundle.check(lm)
+    except (BundleError, ModelError) as e:
+        _fail(str(e))
+    return lm, bundle
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Argument(help="one or more prompts")],
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="energy bundle to steer with")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    compare: Annotated[bool, typer.Option(help="also show the unsteered reply")] = True,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    eta: EtaOpt = None,
+    steps: StepsOpt = None,
+    mode: ModeOpt = None,
+    system_prompt: Annotated[str | None, typer.Option()] = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = None,
+) -> None:
+    """Reply to prompts, steered by an energy bundle (and unsteered, side by side)."""
+    from .generate import generate as run_generate
+
+    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt)
+    steered, moved = run_generate(lm, prompt, bundle=b, max_new_tokens=max_new_tokens, eta=eta, steps=steps, mode=mode)
+    plain = run_generate(lm, prompt, max_new_tokens=max_new_tokens)[0] if (compare and b) else None
+    for i, p in enumerate(prompt):
+        console.rule(f"[bold]{p}")
+        if plain is not None:
+            console.print(f"[dim]base:[/] {plain[i]}")
+        label = f"steered ({moved[i]} states moved)" if b else "reply"
+        console.print(f"[green]{label}:[/] {steered[i]}")
+
+
+@app.command()
+def chat(
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="energy bundle to steer with")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    max_new_tokens: Annotated[int, typer.Option()] = 512,
+    eta: EtaOpt = None,
+    steps: StepsOpt = None,
+    mode: ModeOpt = None,
+    system_prompt: Annotated[str | None, typer.Option()] = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = None,
+) -> None:
+    """Multi-turn chat in the terminal, streaming, steered if a bundle is given. /reset, /quit."""
+    from .generate import stream_chat
+
+    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    console.print(
+        f"[bold]eds chat[/] with {model}"
+        + (f", steered by {bundle}" if b else ", unsteered")
+        + ". /reset clears the conversation, /quit (or Ctrl-D) leaves."
+    )
+    while True:
+        try:
+            user = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if user.strip() in ("/quit", "/exit"):
+            return
+        if user.strip() == "/reset":
+            messages = messages[:1] if system_prompt else []
+            continue
+        if not user.strip():
+            continue
+        messages.append({"role": "user", "content": user})
+        console.print("[bold green]model>[/] ", end="")
+        reply = ""
+        for piece in stream_chat(
+            lm, messages, bundle=b, max_new_tokens=max_new_tokens, eta=eta, steps=steps, mode=mode
+        ):
+            reply += piece
+            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        console.print()
+        messages.append({"role": "assistant", "content": reply})
+
+
 def main() -> None:
     app()
 

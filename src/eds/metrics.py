@@ -41,3 +41,15 @@ class Rate:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rate": self.value, "ci95": list(self.ci)}
+
+
+def repeats_ngram(text: str, n: int = 4, times: int = 3) -> bool:
+    """True if some word n-gram occurs at least `times` times: the degenerate loops over-steering causes."""
+    words = text.split()
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        key = tuple(words[i : i + n])
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= times:
+            return True
+    return False

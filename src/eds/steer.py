@@ -13,7 +13,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP
 from .models import Fingerprint, LoadedModel, find_layers
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def steer_states(
@@ -69,6 +71,7 @@ class _Phase:
     prompt_len: int = 0
     gen_index: int = -1  # -1 = prefill; j = decode step feeding generated token j
     stats: SteerStats = field(default_factory=SteerStats)
+    allow: Tensor | None = None  # [B] rows the harmfulness gate lets be steered (None = all)
 
 
 def _cache_len(kwargs: dict[str, Any]) -> int:
@@ -106,18 +109,27 @@ def steer(
     mode: str | None = None,
     positions: str | int | None = None,
     layers: list[int] | None = None,
+    harm_gate: bool | None = None,
 ) -> Iterator[SteerHandle]:
     """Steer generation with an energy bundle inside a `with` block; the model is restored on exit.
 
-    Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers
-    overrides them. Nesting is allowed (the steering composes), and so is re-entering."""
+    Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers,
+    harm_gate overrides them. Nesting is allowed (the steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
     fp = lm.fingerprint if isinstance(lm, LoadedModel) else Fingerprint.of(model)
     bundle.check(fp)
     settings = replace(
         bundle.steering,
         **{
-            k: v for k, v in {"eta": eta, "steps": steps, "mode": mode, "positions": positions}.items() if v is not None
+            k: v
+            for k, v in {
+                "eta": eta,
+                "steps": steps,
+                "mode": mode,
+                "positions": positions,
+                "harm_gate": harm_gate,
+            }.items()
+            if v is not None
         },
     )
     settings.validate()
@@ -137,6 +149,7 @@ def steer(
         if past == 0:  # prefill (or a plain forward without cache)
             phase.prompt_len, phase.gen_index = t, -1
             phase.stats.reset(batch, device)
+            phase.allow = None
         else:
             phase.gen_index = past - phase.prompt_len
 
@@ -150,7 +163,9 @@ def steer(
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             last = hidden[:, -1, :]
-            new_last, moved = steer_states(last, energy, eta=settings.eta, steps=settings.steps, threshold=gate)
+            new_last, moved = steer_states(
+                last, energy, eta=settings.eta, steps=settings.steps, threshold=gate, active=phase.allow
+            )
             if phase.stats.moved is not None and phase.stats.moved.shape[0] == moved.shape[0]:
                 phase.stats.moved += moved
             if hidden.shape[1] == 1:
@@ -169,9 +184,22 @@ def steer(
         if settings.steps and (j < 0 or limit is None or j < limit):
             phase.stats.positions += 1
 
+    probe = _on_device(bundle.gate, device) if (settings.harm_gate and bundle.gate is not None) else None
+    gate_threshold = bundle.gate_threshold
+
+    def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
+            hidden = args[0] if args else kwargs["hidden_states"]
+            phase.allow = probe(hidden[:, -1, :]) <= gate_threshold
+
     handles = []
     try:
         handles.append(model.register_forward_pre_hook(model_pre_hook, with_kwargs=True))
+        if probe is not None:
+            assert bundle.gate_layer is not None
+            handles.append(
+                layer_modules[bundle.gate_layer].register_forward_pre_hook(gate_hook, with_kwargs=True, prepend=True)
+            )
         handles.append(model.register_forward_pre_hook(count_positions, with_kwargs=True))
         for layer in use:
             handles.append(layer_modules[layer].register_forward_pre_hook(make_layer_hook(layer), with_kwargs=True))
@@ -181,8 +209,8 @@ def steer(
             h.remove()
 
 
-def _on_device(energy: EnergyMLP, device: torch.device) -> EnergyMLP:
-    """The bundle's model on `device`, copied rather than moved so the bundle itself is untouched."""
-    if next(energy.parameters()).device == device:
-        return energy.eval()
-    return copy.deepcopy(energy).to(device).eval()
+def _on_device(module: M, device: torch.device) -> M:
+    """The bundle's module on `device`, copied rather than moved so the bundle itself is untouched."""
+    if next(module.parameters()).device == device:
+        return module.eval()
+    return copy.deepcopy(module).to(device).eval()

@@ -1,0 +1,144 @@
+"""Refusal evaluation: generate on named prompt sets (plain or steered), judge, and report per-dataset
+refusal rates with 95% intervals. Prompt-level records go to a JSONL file as they are made, so an
+interrupted evaluation resumes without regenerating finished prompts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import data as data_mod
+from .bundle import EnergyBundle
+from .generate import generate
+from .judge import Judge, get_judge
+from .metrics import Rate, repeats_ngram
+from .models import LoadedModel
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    label: str
+    refused: Rate
+    repetitive: Rate
+
+    @property
+    def should_refuse(self) -> bool:
+        return self.label == "harmful"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "label": self.label,
+            "n": self.refused.n,
+            "refusal_rate": self.refused.to_dict(),
+            "compliance_rate": Rate(self.refused.n - self.refused.k, self.refused.n).to_dict(),
+            "repetition_rate": self.repetitive.to_dict(),
+        }
+
+
+@dataclass
+class EvalResult:
+    datasets: list[DatasetResult]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    judge: str = ""
+
+    def by_name(self) -> dict[str, DatasetResult]:
+        return {d.name: d for d in self.datasets}
+
+
+def _group_name(p: data_mod.Prompt, spec: str) -> str:
+    # xstest holds both labels: report them apart
+    base = spec.split(":")[0] if not Path(spec.split(":")[0]).suffix else p.dataset
+    return f"{base}_{p.label}" if base == "xstest" else base
+
+
+def evaluate_refusals(
+    lm: LoadedModel,
+    specs: Sequence[str],
+    *,
+    bundle: EnergyBundle | None = None,
+    judge: str | Judge = "substring",
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    records_path: str | Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    **steer_overrides: Any,
+) -> EvalResult:
+    """Refusal rate per dataset, with prompt-level records (resumed from `records_path` if present)."""
+    judge_fn = get_judge(judge)
+    prompts: list[tuple[str, data_mod.Prompt]] = []
+    for spec in specs:
+        for p in data_mod.load(spec, seed=seed):
+            if p.label is None:
+                raise data_mod.DataError(f"{spec}: evaluation needs a benign/harmful label on every prompt ({p.key})")
+            prompts.append((_group_name(p, spec), p))
+    done: dict[str, dict[str, Any]] = {}
+    path = Path(records_path) if records_path else None
+    if path and path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by a crash: regenerated
+                    done[r["key"]] = r
+    todo = [(g, p) for g, p in prompts if p.key not in done]
+    if todo:
+        # longest prompts first: batches of similar length pad little
+        todo.sort(key=lambda gp: -len(gp[1].prompt))
+        out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        try:
+            for i in range(0, len(todo), batch_size * 4):
+                chunk = todo[i : i + batch_size * 4]
+                texts = [p.prompt for _, p in chunk]
+                replies, moved = generate(
+                    lm,
+                    texts,
+                    bundle=bundle,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    progress=False,
+                    **steer_overrides,
+                )
+                refused = judge_fn(texts, replies)
+                for (g, p), reply, ref, mv in zip(chunk, replies, refused, moved, strict=True):
+                    rec = {
+                        "key": p.key,
+                        "group": g,
+                        "dataset": p.dataset,
+                        "category": p.category,
+                        "label": p.label,
+                        "prompt": p.prompt,
+                        "response": reply,
+                        "refused": bool(ref),
+                        "states_moved": mv,
+                    }
+                    done[p.key] = rec
+                    if out:
+                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                        out.flush()
+                if progress:
+                    print(f"  {min(i + len(chunk), len(todo))}/{len(todo)} prompts", flush=True)
+        finally:
+            if out:
+                out.close()
+    records = [done[p.key] for _, p in prompts]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for (g, _), r in zip(prompts, records, strict=True):
+        groups.setdefault(g, []).append(r)
+    results = [
+        DatasetResult(
+            name=g,
+            label=rs[0]["label"],
+            refused=Rate(sum(r["refused"] for r in rs), len(rs)),
+            repetitive=Rate(sum(repeats_ngram(r["response"]) for r in rs), len(rs)),
+        )
+        for g, rs in groups.items()
+    ]
+    return EvalResult(datasets=results, records=records, judge=getattr(judge_fn, "name", ""))

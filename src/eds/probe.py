@@ -1,0 +1,93 @@
+"""A harmfulness gate: a linear probe on the last prompt token's state that says whether the request
+itself is harmful, independent of how the model answered. Steering is allowed only for sequences
+the probe calls benign, so an energy model that mistakes an unfamiliar harmful request for a
+scary-sounding benign one cannot push it toward compliance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .collect import Collection
+from .energy import auroc
+from .train import TrainConfig, split_rows
+
+
+class HarmProbe(nn.Module):
+    """p(harmful | h) = sigmoid(w · (h - mean) / std + b)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("std", torch.ones(hidden_size))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Logit of harmfulness for states [..., H], float32."""
+        return self.linear((h.float() - self.mean) / self.std).squeeze(-1)
+
+
+@dataclass
+class ProbeResult:
+    probe: HarmProbe
+    layer: int
+    threshold: float  # logit above which a request counts as harmful
+    val_auroc: float
+    harmful_caught: float  # share of validation harmful prompts above the threshold
+    benign_passed: float  # share of validation benign prompts below it
+    table: list[dict[str, float]]
+
+
+def fit_probe(x: Tensor, harmful: Tensor, *, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0) -> HarmProbe:
+    """Class-balanced logistic regression, full batch (a few thousand states at most)."""
+    torch.manual_seed(seed)
+    probe = HarmProbe(x.shape[1])
+    probe.mean.copy_(x.mean(0))
+    probe.std.copy_(x.std(0).clamp_min(1e-4))
+    pos_weight = (~harmful).sum() / harmful.sum().clamp_min(1)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    for _ in range(epochs):
+        loss = loss_fn(probe(x), harmful.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return probe.eval().requires_grad_(False)
+
+
+def train_probe(
+    col: Collection,
+    layers: list[int],
+    *,
+    harmful_recall: float = 0.97,
+    config: TrainConfig | None = None,
+) -> ProbeResult:
+    """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
+    that `harmful_recall` of the validation harmful prompts are caught (kept from steering)."""
+    cfg = config or TrainConfig()
+    tr, va = split_rows(col.records, cfg)
+    labels = torch.tensor([r["label"] == "harmful" for r in col.records])
+    best: ProbeResult | None = None
+    table = []
+    for layer in layers:
+        h = col.states(layer)[:, 0].float()
+        probe = fit_probe(h[tr], labels[tr])
+        with torch.no_grad():
+            logits = probe(h[va])
+        yv = labels[va]
+        score = auroc(logits, yv)
+        harm_logits = logits[yv].sort().values
+        k = int((1 - harmful_recall) * len(harm_logits))
+        threshold = float(harm_logits[k]) - 1e-6 if len(harm_logits) else 0.0
+        caught = float((logits[yv] > threshold).float().mean())
+        passed = float((logits[~yv] <= threshold).float().mean())
+        table.append({"layer": layer, "val_auroc": score, "harmful_caught": caught, "benign_passed": passed})
+        if best is None or score > best.val_auroc:
+            best = ProbeResult(probe, layer, threshold, score, caught, passed, table)
+    if best is None:
+        raise ValueError("no probe layers given")
+    best.table = table
+    return best
