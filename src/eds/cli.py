@@ -342,6 +342,34 @@ def chat(
         messages.append({"role": "assistant", "content": reply})
 
 
+@app.command("run")
+def run_cmd(
+    model: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for every stage (resumable)")] = Path("runs/main"),
+    collection: Annotated[Path | None, typer.Option(help="reuse this collection instead of collecting")] = None,
+    limit: Annotated[int | None, typer.Option(help="prompts to collect (default mixture, train splits)")] = 600,
+    eta: Annotated[list[float] | None, typer.Option(help="η values to try on val (repeatable)")] = None,
+    mode: Annotated[str, typer.Option(help="always or gated")] = "always",
+    harm_gate: Annotated[bool, typer.Option(help="train and use a harmfulness gate")] = True,
+    positions: Annotated[str, typer.Option(help="energy training states: prompt, gen, all")] = "prompt",
+) -> None:
+    """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
+    from .pipeline import RunConfig, run
+
+    cfg = RunConfig(
+        model=model,
+        out=str(out),
+        collection=str(collection) if collection else None,
+        collect_limit=limit,
+        mode=mode,
+        harm_gate=harm_gate,
+        positions=positions,
+    )
+    if eta:
+        cfg.etas = tuple(eta)
+    run(cfg)
+
+
 def main() -> None:
     app()
 
