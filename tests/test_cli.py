@@ -54,3 +54,52 @@ def test_clear_errors(tmp_path, eds_cache):
     assert res.exit_code == 2 and "unknown built-in model" in res.output
     res = runner.invoke(app, ["collect", "--max-new-tokens", "2", "--gen-tokens", "4"])
     assert res.exit_code == 2 and "must exceed gen_tokens" in res.output
+
+
+def test_collect_train_generate_chain(tmp_path, tiny):
+    model = tmp_path / "model"
+    tiny.model.save_pretrained(model)
+    tiny.tokenizer.save_pretrained(model)
+    res = runner.invoke(
+        app,
+        [
+            "collect",
+            "--model",
+            str(model),
+            "--data",
+            "advbench:train:20",
+            "--data",
+            "alpaca:train:20",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-new-tokens",
+            "3",
+            "--gen-tokens",
+            "1",
+            "--dtype",
+            "float32",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"), "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert "chosen layers" in res.output and (tmp_path / "bundle" / "auroc_by_layer.png").exists()
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "hello there",
+            "--model",
+            str(model),
+            "--bundle",
+            str(tmp_path / "bundle"),
+            "--max-new-tokens",
+            "4",
+            "--dtype",
+            "float32",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "base:" in res.output and "states moved" in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "run"), "--layers", "7"])
+    assert res.exit_code == 2 and "out of range" in res.output

@@ -198,11 +198,13 @@ def train_cmd(
     eta: Annotated[float, typer.Option(help="default step length, relative to |h|")] = 0.05,
     steps: Annotated[int, typer.Option(help="default gradient steps per position")] = 3,
     mode: Annotated[str, typer.Option(help="default steering mode: always, gated")] = "always",
+    harm_gate: Annotated[bool, typer.Option(help="add a harmfulness gate (sequences it flags are not steered)")] = True,
 ) -> None:
     """Phase 2: train an energy model per layer, score layers (AUROC), save the best as a bundle."""
-    from .bundle import BundleError, EnergyBundle, SteerSettings
+    from .bundle import BundleError, SteerSettings
     from .collect import Collection, CollectionError
-    from .train import TrainConfig, TrainError, plot_auroc, train
+    from .pipeline import make_bundle
+    from .train import TrainConfig, TrainError, plot_auroc
 
     try:
         col = Collection.open(collection)
@@ -213,10 +215,7 @@ def train_cmd(
             val_datasets=tuple(val_dataset or ()),
             temperature=temperature,
         )
-        res = train(col, cfg)
-        bundle = EnergyBundle.from_training(
-            res, col.fingerprint, steering=SteerSettings(eta=eta, steps=steps, mode=mode)
-        )
+        bundle, res = make_bundle(col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate)
         out = out or collection.parent / "bundle"
         bundle.save(out)
     except (CollectionError, TrainError, BundleError, ValueError) as e:

@@ -19,7 +19,7 @@ from .evaluate import EvalResult, evaluate_refusals
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import train_probe
-from .train import TrainConfig, plot_auroc, train
+from .train import TrainConfig, TrainResult, plot_auroc, train
 
 console = Console()
 
@@ -66,6 +66,41 @@ class RunResult:
     test_base: EvalResult | None = None
     test_steered: EvalResult | None = None
     seconds: float = 0.0
+
+
+def make_bundle(
+    col: Collection,
+    train_cfg: TrainConfig,
+    steering: SteerSettings,
+    *,
+    harm_gate: bool = True,
+    gate_recall: float = 0.97,
+    progress: bool = True,
+) -> tuple[EnergyBundle, TrainResult]:
+    """Train the energy models, keep the best layers, and (by default) add a harmfulness gate fitted on
+    the layers up to the first steered one."""
+    res = train(col, train_cfg, progress=progress)
+    bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
+    if harm_gate:
+        gate = train_probe(col, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, config=train_cfg)
+        bundle.set_gate(
+            gate.probe,
+            gate.layer,
+            gate.threshold,
+            {
+                "val_auroc": gate.val_auroc,
+                "harmful_caught": gate.harmful_caught,
+                "benign_passed": gate.benign_passed,
+                "recall_target": gate_recall,
+            },
+        )
+        if progress:
+            console.print(
+                f"harm gate at layer {gate.layer}: val AUROC {gate.val_auroc:.3f}, keeps "
+                f"{gate.harmful_caught:.0%} of harmful and passes {gate.benign_passed:.0%} of benign "
+                "val prompts"
+            )
+    return bundle, res
 
 
 def _rates(res: EvalResult) -> dict[str, tuple[str, float]]:
@@ -151,24 +186,14 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         bundle.check(lm)
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
     except BundleError:  # missing, damaged or for another model: train it
-        res = train(col, TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed))
-        bundle = EnergyBundle.from_training(res, lm.fingerprint, steering=SteerSettings(steps=cfg.steps, mode=cfg.mode))
-        if cfg.harm_gate:
-            gate = train_probe(col, list(range(min(bundle.layers) + 1)), harmful_recall=cfg.gate_recall)
-            bundle.set_gate(
-                gate.probe,
-                gate.layer,
-                gate.threshold,
-                {
-                    "val_auroc": gate.val_auroc,
-                    "harmful_caught": gate.harmful_caught,
-                    "benign_passed": gate.benign_passed,
-                },
-            )
-            console.print(
-                f"harm gate at layer {gate.layer}: val AUROC {gate.val_auroc:.3f}, catches "
-                f"{gate.harmful_caught:.0%} of harmful, passes {gate.benign_passed:.0%} of benign"
-            )
+        tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
+        bundle, res = make_bundle(
+            col,
+            tcfg,
+            SteerSettings(steps=cfg.steps, mode=cfg.mode),
+            harm_gate=cfg.harm_gate,
+            gate_recall=cfg.gate_recall,
+        )
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
         console.print(f"layers chosen by validation AUROC: {bundle.layers}")
