@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from eds.cli import app
@@ -14,9 +15,14 @@ def test_datasets_and_models_listing(eds_cache):
     assert res.exit_code == 0 and "missing" in res.output
 
 
-def test_collect_on_a_local_model_folder(tmp_path, tiny):
+@pytest.fixture
+def model_folder(tmp_path, tiny):
     tiny.model.save_pretrained(tmp_path / "model")
     tiny.tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_collect_on_a_local_model_folder(tmp_path, model_folder):
     data = tmp_path / "p.jsonl"
     data.write_text(
         "".join(
@@ -56,10 +62,8 @@ def test_clear_errors(tmp_path, eds_cache):
     assert res.exit_code == 2 and "must exceed gen_tokens" in res.output
 
 
-def test_collect_train_generate_chain(tmp_path, tiny):
-    model = tmp_path / "model"
-    tiny.model.save_pretrained(model)
-    tiny.tokenizer.save_pretrained(model)
+def test_collect_train_generate_chain(tmp_path, model_folder):
+    model = model_folder
     res = runner.invoke(
         app,
         [

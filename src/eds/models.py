@@ -379,6 +379,31 @@ class LoadedModel:
     system_prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        *,
+        layers_attr: str | None = None,
+        system_prompt: str | None = None,
+    ) -> LoadedModel:
+        """Wrap a model and tokenizer you already have: eval mode, frozen, left padding."""
+        model.eval().requires_grad_(False)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        path, _ = find_layers(model, layers_attr)
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            name=name,
+            layers_attr=path,
+            fingerprint=Fingerprint.of(model, name=name, layers_attr=path),
+            system_prompt=system_prompt,
+        )
+
     @property
     def layers(self) -> nn.ModuleList:
         return find_layers(self.model, self.layers_attr)[1]
@@ -465,19 +490,8 @@ def load_model(
             f"cannot load {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
             f"a local model folder, or a reachable hub id ({e})"
         ) from e
-    model.to(dev).eval()
-    model.requires_grad_(False)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    path, _ = find_layers(model, layers_attr)
-    return LoadedModel(
-        model=model,
-        tokenizer=tok,
-        name=name_or_path,
-        layers_attr=path,
-        fingerprint=Fingerprint.of(model, name=name_or_path, layers_attr=path),
-        system_prompt=system_prompt,
+    return LoadedModel.from_model(
+        model.to(dev), tok, name_or_path, layers_attr=layers_attr, system_prompt=system_prompt
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .models import Fingerprint, LoadedModel, find_layers
+from .models import LoadedModel
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -25,52 +25,18 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog 0123456789 !?.,;:'\"()[]{}",
 ]
 
+_SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+
 #: Small settings per model_type; the `layers` and `hidden` arguments of tiny_model override them.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "qwen2": dict(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64
-    ),
-    "qwen3": dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        head_dim=8,
-    ),
-    "llama": dict(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64
-    ),
-    "mistral": dict(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64
-    ),
-    "gemma": dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        head_dim=8,
-    ),
-    "gemma2": dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        head_dim=8,
-    ),
-    "gemma3_text": dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        head_dim=8,
-    ),
-    "phi3": dict(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, intermediate_size=64
-    ),
+    "qwen2": _SMALL,
+    "qwen3": {**_SMALL, "head_dim": 8},
+    "llama": _SMALL,
+    "mistral": _SMALL,
+    "gemma": {**_SMALL, "head_dim": 8},
+    "gemma2": {**_SMALL, "head_dim": 8},
+    "gemma3_text": {**_SMALL, "head_dim": 8},
+    "phi3": {**_SMALL, "num_key_value_heads": 4},
     "gpt2": dict(n_embd=32, n_layer=3, n_head=4),
     "gpt_neox": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64),
     "opt": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32),
@@ -140,12 +106,4 @@ def tiny_model(
     model = random_model(cfg, dtype=dtype, seed=seed)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    path, _ = find_layers(model)
-    name = f"tiny-{model_type}"
-    return LoadedModel(
-        model=model,
-        tokenizer=tok,
-        name=name,
-        layers_attr=path,
-        fingerprint=Fingerprint.of(model, name=name, layers_attr=path),
-    )
+    return LoadedModel.from_model(model, tok, f"tiny-{model_type}")
