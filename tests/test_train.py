@@ -17,7 +17,7 @@ def test_training_separates_two_gaussian_classes():
     y = torch.cat([torch.ones(300), torch.zeros(300)]).bool()
     xv = torch.cat([good[300:], bad[300:]])
     yv = torch.cat([torch.ones(100), torch.zeros(100)]).bool()
-    model, m = train_layer(x, y, xv, yv, TrainConfig(max_epochs=40, batch_size=128), 16)
+    model, m = train_layer(x, y, xv, yv, TrainConfig(max_steps=300, batch_size=128), 16)
     assert m["val_auroc"] > 0.99 and m["train_auroc"] > 0.99
     with torch.no_grad():
         e = model(xv)
@@ -41,7 +41,7 @@ def tiny_collection(tmp_path_factory, tiny):
 
 
 def test_train_on_a_collection_into_a_bundle(tiny_collection, tiny, tmp_path):
-    res = train(tiny_collection, TrainConfig(max_epochs=5, top_k=2, positions="all"), progress=False)
+    res = train(tiny_collection, TrainConfig(max_steps=30, top_k=2, positions="all"), progress=False)
     assert sorted(res.models) == [0, 1, 2] and len(res.chosen) == 2
     best = sorted(res.results, key=lambda r: -r.val_auroc)[:2]
     assert sorted(r.layer for r in best) == res.chosen

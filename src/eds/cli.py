@@ -220,7 +220,7 @@ def train_cmd(
         bundle.save(out)
     except (CollectionError, TrainError, BundleError, ValueError) as e:
         _fail(str(e))
-    table = Table("layer", "val AUROC", "train AUROC", "threshold", "epochs", "s")
+    table = Table("layer", "val AUROC", "train AUROC", "threshold", "steps", "s")
     for r in res.results:
         star = " *" if r.layer in res.chosen else ""
         table.add_row(
@@ -228,7 +228,7 @@ def train_cmd(
             f"{r.val_auroc:.3f}",
             f"{r.train_auroc:.3f}",
             f"{r.threshold:.3f}",
-            str(r.epochs),
+            str(r.steps),
             f"{r.seconds:.1f}",
         )
     console.print(table)

@@ -33,8 +33,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256  # half good, half bad
-    max_epochs: int = 60
-    patience: int = 8
+    max_steps: int = 600
+    eval_every: int = 10
+    patience: int = 100  # steps without a better validation AUROC before stopping
     val_fraction: float = 0.2
     val_datasets: tuple[str, ...] = ()  # sources kept out of training entirely, scored on
     seed: int = 0
@@ -59,7 +60,7 @@ class LayerResult:
     train_auroc: float
     val_loss: float
     threshold: float
-    epochs: int
+    steps: int
     seconds: float
 
 
@@ -118,43 +119,47 @@ def train_layer(
     cfg: TrainConfig,
     hidden_size: int,
 ) -> tuple[EnergyMLP, dict[str, float]]:
-    """Train one energy model with class-balanced batches and early stopping on validation loss."""
+    """Train one energy model with class-balanced batches; keep the weights of the best validation AUROC.
+
+    Validation InfoNCE loss is a poor stopping signal: it keeps rising as energies grow more confident
+    while the ranking (AUROC) has long settled, so the ranking decides."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = EnergyMLP(hidden_size, cfg.widths)
     model.set_input_stats(x)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xg, xb = x[good], x[~good]
-    vg, vb = x_val[good_val], x_val[~good_val]
     half = cfg.batch_size // 2
-    steps = max(1, max(len(xg), len(xb)) // half)
-    best = (float("inf"), 0, {k: v.clone() for k, v in model.state_dict().items()})
-    epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        for _ in range(steps):
-            ig = torch.randint(len(xg), (min(half, len(xg)),), generator=gen)
-            ib = torch.randint(len(xb), (min(half, len(xb)),), generator=gen)
-            loss = info_nce(model(xg[ig]), model(xb[ib]), cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def score() -> float:
         model.eval()
         with torch.no_grad():
-            val_loss = float(info_nce(model(vg), model(vb), cfg.temperature))
-        if val_loss < best[0] - 1e-4:
-            best = (val_loss, epoch, {k: v.clone() for k, v in model.state_dict().items()})
-        elif epoch - best[1] >= cfg.patience:
-            break
+            return auroc(-model(x_val), good_val)
+
+    best = (score(), 0, {k: v.clone() for k, v in model.state_dict().items()})
+    for step in range(1, cfg.max_steps + 1):
+        model.train()
+        ig = torch.randint(len(xg), (min(half, len(xg)),), generator=gen)
+        ib = torch.randint(len(xb), (min(half, len(xb)),), generator=gen)
+        loss = info_nce(model(xg[ig]), model(xb[ib]), cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % cfg.eval_every == 0:
+            val = score()
+            if val > best[0] + 1e-4:
+                best = (val, step, {k: v.clone() for k, v in model.state_dict().items()})
+            elif step - best[1] >= cfg.patience:
+                break
     model.load_state_dict(best[2])
     model.eval().requires_grad_(False)
     with torch.no_grad():
         e_train, e_val = model(x), model(x_val)
     return model, {
-        "val_loss": best[0],
-        "epochs": best[1],
+        "val_loss": float(info_nce(e_val[good_val], e_val[~good_val], cfg.temperature)),
+        "steps": best[1],
         "train_auroc": auroc(-e_train, good),
-        "val_auroc": auroc(-e_val, good_val),
+        "val_auroc": best[0],
         "threshold": calibrate_threshold(e_val[good_val], e_val[~good_val]),
     }
 
