@@ -213,3 +213,41 @@ def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path):
     assert torch.equal(loaded.gate.linear.weight, probe.linear.weight)
     with pytest.raises(BundleError, match="must not come after the first steered layer"):
         make_bundle(tiny, layers=(0,)).set_gate(probe, 1, threshold)
+
+
+def autograd_reference(h, mlp, eta, steps, threshold=None):
+    """The steering update written the slow, obvious way: autograd on the unfused MLP."""
+    x = h.float().clone()
+    size = eta * x.norm(dim=-1, keepdim=True)
+    for _ in range(steps):
+        xr = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            e = mlp(xr)
+            (g,) = torch.autograd.grad(e.sum(), xr)
+        go = torch.ones(len(x), dtype=torch.bool) if threshold is None else (e.detach() > threshold)
+        x = x - go.unsqueeze(-1) * size * g / g.norm(dim=-1, keepdim=True)
+    return x
+
+
+@pytest.mark.parametrize("threshold", [None, "median"])
+def test_fast_path_matches_autograd(threshold):
+    torch.manual_seed(3)
+    mlp = EnergyMLP(48, (32, 16))
+    mlp.set_input_stats(torch.randn(200, 48) * 5 + 2)
+    mlp.requires_grad_(False)
+    h = torch.randn(64, 48) * 5 + 2
+    t = float(mlp(h).median()) if threshold else None
+    ours, _ = steer_states(h, mlp, eta=0.05, steps=3, threshold=t)
+    ref = autograd_reference(h, mlp, 0.05, 3, t)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_static_cache_positions_without_reading_the_cache(tiny):
+    enc = tiny.encode(["How do I kill a Python process?", "hi"])
+    for positions, expected in (("prompt", 1), (2, 3), ("all", 6)):
+        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
+            static = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False, cache_implementation="static")
+        assert handle.stats.positions == expected
+        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions):
+            dynamic = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
+        assert torch.equal(static, dynamic)

@@ -4,6 +4,7 @@ LLM's fingerprint, versions). Loading checks integrity; using it checks the fing
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .energy import EnergyMLP
+from .energy import EnergyMLP, FrozenEnergy
 from .io import sha256_file, versions
 from .models import Fingerprint, LoadedModel
 from .probe import HarmProbe
@@ -63,6 +64,24 @@ class EnergyBundle:
     gate_layer: int | None = None
     gate_threshold: float | None = None
     gate_metrics: dict[str, Any] = field(default_factory=dict)
+    _device_cache: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def frozen(self, layer: int, device: torch.device | str) -> FrozenEnergy:
+        """The layer's energy model prepared for steering on `device`, built once per device.
+
+        The bundle's own models stay where they are; a later set_gate or retraining makes a new bundle."""
+        key = (f"layer{layer}", str(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = FrozenEnergy(self.models[layer]).to(device)
+        return self._device_cache[key]
+
+    def gate_on(self, device: torch.device | str) -> HarmProbe | None:
+        if self.gate is None:
+            return None
+        key = ("gate", str(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = copy.deepcopy(self.gate).to(device).eval()
+        return self._device_cache[key]
 
     def set_gate(self, probe: HarmProbe, layer: int, threshold: float, metrics: dict[str, Any] | None = None) -> None:
         if self.models and layer > min(self.models):
@@ -72,6 +91,7 @@ class EnergyBundle:
             )
         self.gate, self.gate_layer, self.gate_threshold = probe.eval().requires_grad_(False), layer, threshold
         self.gate_metrics = metrics or {}
+        self._device_cache = {k: v for k, v in self._device_cache.items() if k[0] != "gate"}
 
     @property
     def layers(self) -> list[int]:

@@ -9,25 +9,22 @@ sync in the hot path, and gating is a mask.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .energy import EnergyMLP
+from .energy import EnergyMLP, FrozenEnergy
 from .models import Fingerprint, LoadedModel, find_layers
-
-M = TypeVar("M", bound=nn.Module)
 
 
 def steer_states(
     h: Tensor,
-    energy: EnergyMLP,
+    energy: EnergyMLP | FrozenEnergy,
     *,
     eta: float,
     steps: int,
@@ -39,15 +36,21 @@ def steer_states(
     `threshold` (gated mode): a state moves on a step only while its energy is above it.
     `active` [N] bool: states that may move at all. Returns (new states in h's dtype, moved [N] bool);
     states that did not move are returned bit for bit."""
+    fast = energy if isinstance(energy, FrozenEnergy) else FrozenEnergy(energy)
     x = h.float()
     size = eta * x.norm(dim=-1, keepdim=True)
+    if threshold is None and active is None:  # always-on: no energies, no masks
+        for _ in range(steps):
+            _, g = fast.energy_and_grad(x, need_energy=False)
+            x = torch.addcmul(x, g, size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
+        moved = torch.full((h.shape[0],), steps > 0, dtype=torch.bool, device=h.device)
+        return (x.to(h.dtype) if steps else h), moved
     allowed = torch.ones(h.shape[0], dtype=torch.bool, device=h.device) if active is None else active.bool()
     moved = torch.zeros_like(allowed)
     for _ in range(steps):
-        e, g = energy.energy_and_grad(x)
+        e, g = fast.energy_and_grad(x, need_energy=threshold is not None)
         go = allowed if threshold is None else allowed & (e > threshold)
-        direction = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        x = x - (go.unsqueeze(-1) * size) * direction
+        x = torch.addcmul(x, g, go.unsqueeze(-1) * size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
         moved = moved | go
     return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
 
@@ -74,11 +77,14 @@ class _Phase:
     allow: Tensor | None = None  # [B] rows the harmfulness gate lets be steered (None = all)
 
 
-def _cache_len(kwargs: dict[str, Any]) -> int:
+def _cache_len(kwargs: dict[str, Any], t: int) -> int | None:
+    """Tokens already in the KV cache, or None where reading it would cost a host sync (static caches
+    keep it in a device tensor); then a forward of more than one token is taken for a prefill."""
     past = kwargs.get("past_key_values")
     if past is None or not hasattr(past, "get_seq_length"):
         return 0
-    return int(past.get_seq_length())
+    n = past.get_seq_length()
+    return None if isinstance(n, Tensor) else int(n)
 
 
 def _seq_len(args: tuple, kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -139,19 +145,19 @@ def steer(
         raise BundleError(f"layers {missing} are not in the bundle (it has {bundle.layers})")
     layer_modules = find_layers(model, lm.layers_attr if isinstance(lm, LoadedModel) else None)[1]
     device = next(model.parameters()).device
-    energies = {layer: _on_device(bundle.models[layer], device) for layer in use}
+    energies = {layer: bundle.frozen(layer, device) for layer in use}
     phase = _Phase()
     limit = {"prompt": 0, "all": None}.get(settings.positions, settings.positions)  # type: ignore[arg-type]
 
     def model_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         batch, t = _seq_len(args, kwargs)
-        past = _cache_len(kwargs)
-        if past == 0:  # prefill (or a plain forward without cache)
+        past = _cache_len(kwargs, t)
+        if past == 0 or (past is None and t > 1):  # prefill (or a plain forward without cache)
             phase.prompt_len, phase.gen_index = t, -1
             phase.stats.reset(batch, device)
             phase.allow = None
         else:
-            phase.gen_index = past - phase.prompt_len
+            phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
 
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
@@ -184,7 +190,7 @@ def steer(
         if settings.steps and (j < 0 or limit is None or j < limit):
             phase.stats.positions += 1
 
-    probe = _on_device(bundle.gate, device) if (settings.harm_gate and bundle.gate is not None) else None
+    probe = bundle.gate_on(device) if settings.harm_gate else None
     gate_threshold = bundle.gate_threshold
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -207,10 +213,3 @@ def steer(
     finally:
         for h in handles:
             h.remove()
-
-
-def _on_device(module: M, device: torch.device) -> M:
-    """The bundle's module on `device`, copied rather than moved so the bundle itself is untouched."""
-    if next(module.parameters()).device == device:
-        return module.eval()
-    return copy.deepcopy(module).to(device).eval()
