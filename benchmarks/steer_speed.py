@@ -51,7 +51,7 @@ if str(REPO / "src") not in sys.path:  # run from a checkout without installing
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
 from eds.models import Fingerprint, find_layers  # noqa: E402
-from eds.steer import _on_device, steer, steer_states  # noqa: E402
+from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
 
 _QWEN_COMMON = dict(
@@ -338,7 +338,7 @@ def _kernels(fn, device: torch.device, n: int = 5) -> tuple[float, str]:
 def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, device: torch.device) -> dict:
     out: dict[str, Any] = {}
     layer = bundle.layers[0]
-    energy = _on_device(bundle.models[layer], device)
+    energy = bundle.frozen(layer, device)
     hidden = model.get_input_embeddings().embedding_dim
     vocab = model.get_input_embeddings().num_embeddings
     dtype = next(model.parameters()).dtype
