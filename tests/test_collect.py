@@ -229,3 +229,19 @@ def test_class_warnings():
     assert any("no 'bad' rows" in m for m in class_warnings(rows))
     assert any("only 3 'bad'" in m for m in class_warnings(rows + [{"outcome": "bad", "label": "harmful"}] * 3))
     assert class_warnings(rows + [{"outcome": "bad", "label": "harmful"}] * 10) == []
+
+
+def test_resume_refuses_another_system_prompt_and_a_concurrent_writer(tmp_path, tiny):
+    import fcntl
+
+    cfg = CollectConfig(data=(str(prompt_file(tmp_path)),), max_new_tokens=3, gen_tokens=1, limit=4)
+    out = tmp_path / "run"
+    collect(tiny, out, cfg, judge=KeywordJudge(), progress=False)
+    other = CollectConfig(data=cfg.data, max_new_tokens=3, gen_tokens=1, limit=4, system_prompt="Never refuse.")
+    with pytest.raises(CollectionError, match="system prompt"):
+        collect(tiny, out, other, judge=KeywordJudge())
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CollectionError, match="another process is collecting"):
+            collect(tiny, out, cfg, judge=KeywordJudge())
+    assert len(collect(tiny, out, cfg, judge=KeywordJudge(), progress=False).records) == 4

@@ -140,9 +140,10 @@ def test_batched_equals_one_by_one(tiny):
 def test_sampling_and_bf16_work(tiny):
     lm = tiny_model("llama", dtype=torch.bfloat16)
     enc = lm.encode(["hi", "How do I kill a Python process?"])
-    with steer(lm, make_bundle(lm, layers=(1,)), mode="gated"):
+    with steer(lm, make_bundle(lm, layers=(1,), threshold=-1e9), mode="gated") as handle:
         out = lm.model.generate(**enc, max_new_tokens=5, do_sample=True, temperature=0.8)
     assert out.shape == (2, enc["input_ids"].shape[1] + 5)
+    assert handle.stats.moved.tolist() == [5, 5]  # every position was above the (very low) threshold
 
 
 def test_fingerprint_and_layer_checks(tiny):
@@ -251,3 +252,43 @@ def test_static_cache_positions_without_reading_the_cache(tiny):
         with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions):
             dynamic = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
         assert torch.equal(static, dynamic)
+
+
+def test_batched_equals_one_by_one_through_cached_generation(tiny):
+    """The steered layer's input at the newest position, decode step by decode step, with left padding."""
+    prompts = ["How do I kill a Python process?", "hi", "Where can I buy a can of coke?"]
+    bundle = make_bundle(tiny, layers=(1,))
+
+    def trace(batch):
+        seen = []
+
+        def grab(module, args, kwargs):
+            seen.append((args[0] if args else kwargs["hidden_states"])[:, -1].clone())
+
+        with steer(tiny, bundle, eta=0.1):
+            handle = tiny.layers[1].register_forward_pre_hook(grab, with_kwargs=True)  # runs after steering
+            try:
+                out = tiny.model.generate(**tiny.encode(batch), max_new_tokens=4, do_sample=False)
+            finally:
+                handle.remove()
+        return torch.stack(seen, 1), out[:, -4:]
+
+    batched, tokens = trace(prompts)
+    for i, p in enumerate(prompts):
+        single, single_tokens = trace([p])
+        assert torch.equal(tokens[i], single_tokens[0])
+        torch.testing.assert_close(batched[i], single[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_continued_conversation_is_a_new_prompt(tiny):
+    from transformers import DynamicCache
+
+    enc = tiny.encode(["How do I kill a Python process?"])
+    more = tiny.tokenizer(["And a Java one?"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.1, positions="prompt") as handle, torch.no_grad():
+        cache = DynamicCache()
+        tiny.model(**enc, past_key_values=cache, use_cache=True)
+        mask = torch.ones(1, enc["input_ids"].shape[1] + more.shape[1], dtype=torch.long)
+        tiny.model(input_ids=more, attention_mask=mask, past_key_values=cache, use_cache=True)
+        # the second segment is a prompt of its own: statistics restart and its last token is steered
+        assert handle.stats.positions == 1 and handle.stats.moved.tolist() == [1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .energy import EnergyMLP, FrozenEnergy
 from .io import sha256_file, versions
-from .models import Fingerprint, LoadedModel
+from .models import Fingerprint, LoadedModel, ModelError
 from .probe import HarmProbe
 
 FORMAT = "eds.bundle/1"
@@ -131,6 +132,11 @@ class EnergyBundle:
                 f"this energy bundle was made for {self.fingerprint.name or 'another model'} and "
                 f"does not fit {fp.name or 'this model'}: " + "; ".join(bad)
             )
+        if self.fingerprint.name and fp.name and self.fingerprint.name != fp.name:
+            warnings.warn(
+                f"energy bundle made for {self.fingerprint.name!r}, used with {fp.name!r} (same shapes, so allowed)",
+                stacklevel=3,
+            )
         over = [layer for layer in self.layers if layer >= fp.num_layers]
         if over:
             raise BundleError(f"bundle layers {over} do not exist in a {fp.num_layers}-layer model")
@@ -186,8 +192,16 @@ class EnergyBundle:
             raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
         if sha256_file(w_path) != cfg.get("weights_sha256"):
             raise BundleError(f"{w_path}: does not match the sha256 recorded in {CONFIG}; the bundle is damaged")
+        try:
+            return cls._from_config(cfg, load_file(str(w_path)), w_path)
+        except (KeyError, TypeError, ValueError, ModelError) as e:
+            if isinstance(e, BundleError):
+                raise
+            raise BundleError(f"{cfg_path}: malformed or damaged bundle config ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_config(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], w_path: Path) -> EnergyBundle:
         fp = Fingerprint.from_dict(cfg["fingerprint"])
-        tensors = load_file(str(w_path))
         models, thresholds = {}, {}
         for key, info in cfg["layers"].items():
             layer = int(key)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import data as data_mod
-from .io import sha256_file, tmp_path, versions, write_text_atomic
+from .io import fsync_file, sha256_file, tmp_path, versions, write_text_atomic
 from .judge import Judge, get_judge
 from .models import Fingerprint, LoadedModel, resolve_dtype
 
@@ -176,6 +178,7 @@ def _write_shard(folder: Path, index: int, rows: list[dict[str, Any]], tensors: 
     st_path, js_path = folder / f"{stem}.safetensors", folder / f"{stem}.jsonl"
     tmp = tmp_path(st_path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
+    fsync_file(tmp)  # on disk before the manifest (fsynced too) names it
     os.replace(tmp, st_path)
     write_text_atomic(js_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"name": stem, "rows": len(rows), "sha256": sha256_file(st_path), "records_sha256": sha256_file(js_path)}
@@ -206,6 +209,8 @@ class Collection:
             raise CollectionError(f"{mf}: format {manifest.get('format')!r}, expected {FORMAT!r}")
         records: list[dict[str, Any]] = []
         for shard in manifest["shards"]:
+            if not re.fullmatch(r"shard-\d{5}", str(shard.get("name"))):
+                raise CollectionError(f"{mf}: bad shard name {shard.get('name')!r}")
             for suffix, key in ((".safetensors", "sha256"), (".jsonl", "records_sha256")):
                 p = path / (shard["name"] + suffix)
                 if not p.is_file():
@@ -313,6 +318,8 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
             problems.append(
                 f"made with model {was!r}, not {lm.fingerprint.name!r}" + (f" ({'; '.join(bad)})" if bad else "")
             )
+        if manifest.get("chat_format") != lm.chat_texts(["<prompt>"], cfg.system_prompt)[0]:
+            problems.append("the chat format differs (another system prompt or chat template)")
         if not problems and manifest["plan"] != plan:
             problems.append("the prompt list differs (data files changed?)")
         if problems:
@@ -321,7 +328,7 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
                 "Use another output folder, or --overwrite to start again."
             )
         return manifest
-    if out.exists() and any(out.iterdir()) and not overwrite and not mf.exists():
+    if any(p.name != _LOCK for p in out.iterdir()) and not overwrite and not mf.exists():
         raise CollectionError(f"{out} exists and is not an eds collection; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
@@ -364,6 +371,42 @@ def collect(
     judge_fn = get_judge(judge)
     out = Path(out)
     plan = _plan(lm, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _collect_locked(lm, out, cfg, plan, judge_fn, overwrite, progress)
+
+
+_LOCK = ".lock"
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One writer per collection folder: a second `collect` on the same folder would delete the first's
+    shards as orphans."""
+    import fcntl
+
+    with open(out / _LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionError(
+                f"another process is collecting into {out}; wait for it or use another folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _collect_locked(
+    lm: LoadedModel,
+    out: Path,
+    cfg: CollectConfig,
+    plan: list[data_mod.Prompt],
+    judge_fn: Judge,
+    overwrite: bool,
+    progress: bool,
+) -> Collection:
     manifest = _open_or_create(out, lm, cfg, [p.key for p in plan], overwrite)
     judge_name = getattr(judge_fn, "name", type(judge_fn).__name__)
     if manifest["judge"] not in (None, judge_name):

@@ -20,6 +20,11 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write, fsync, then rename: readers see the old file or the new one, never half of one."""
     path = Path(path)

@@ -145,18 +145,19 @@ def steer(
         raise BundleError(f"layers {missing} are not in the bundle (it has {bundle.layers})")
     layer_modules = find_layers(model, lm.layers_attr if isinstance(lm, LoadedModel) else None)[1]
     device = next(model.parameters()).device
-    energies = {layer: bundle.frozen(layer, device) for layer in use}
+    energies = {layer: bundle.frozen(layer, _device_of(layer_modules[layer], device)) for layer in use}
     phase = _Phase()
     limit = {"prompt": 0, "all": None}.get(settings.positions, settings.positions)  # type: ignore[arg-type]
 
     def model_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         batch, t = _seq_len(args, kwargs)
         past = _cache_len(kwargs, t)
-        if past == 0 or (past is None and t > 1):  # prefill (or a plain forward without cache)
-            phase.prompt_len, phase.gen_index = t, -1
+        if t > 1 or past == 0:  # a prompt: a prefill, a continued conversation, or a forward without cache
+            phase.prompt_len = (past or 0) + t
+            phase.gen_index = -1
             phase.stats.reset(batch, device)
             phase.allow = None
-        else:
+        else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
 
     def make_layer_hook(layer: int):
@@ -170,10 +171,15 @@ def steer(
             hidden = args[0] if args else kwargs["hidden_states"]
             last = hidden[:, -1, :]
             new_last, moved = steer_states(
-                last, energy, eta=settings.eta, steps=settings.steps, threshold=gate, active=phase.allow
+                last,
+                energy,
+                eta=settings.eta,
+                steps=settings.steps,
+                threshold=gate,
+                active=None if phase.allow is None else phase.allow.to(last.device),
             )
-            if phase.stats.moved is not None and phase.stats.moved.shape[0] == moved.shape[0]:
-                phase.stats.moved += moved
+            if phase.stats.moved is not None:
+                phase.stats.moved += moved.to(phase.stats.moved.device)
             if hidden.shape[1] == 1:
                 new = new_last.unsqueeze(1)
             else:
@@ -190,7 +196,9 @@ def steer(
         if settings.steps and (j < 0 or limit is None or j < limit):
             phase.stats.positions += 1
 
-    probe = bundle.gate_on(device) if settings.harm_gate else None
+    probe = None
+    if settings.harm_gate and bundle.gate_layer is not None:
+        probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
     gate_threshold = bundle.gate_threshold
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -213,3 +221,9 @@ def steer(
     finally:
         for h in handles:
             h.remove()
+
+
+def _device_of(module: nn.Module, default: torch.device) -> torch.device:
+    """Where a layer runs (models split over several GPUs put layers on different devices)."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else default
