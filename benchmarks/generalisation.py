@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,15 @@ from eds.pipeline import make_bundle
 from eds.train import TrainConfig, plot_auroc
 
 VAL_SETS = ("orbench_hard:val", "alpaca:val:40", "advbench:val:40", "donotanswer:val:40", "harmbench:val")
-NEVER_TRAINED = {"harmbench"}
+#: The full test splits, for the final comparison only (never for choosing anything).
+TEST_SETS = (
+    "orbench_hard:test",
+    "xstest:test",
+    "oktest:test",
+    "jailbreakbench:test",
+    "harmbench:test",
+    "donotanswer:test",
+)
 
 # name -> (train positions, harm gate, steering settings)
 VARIANTS: dict[str, tuple[str, bool, SteerSettings]] = {
@@ -42,7 +51,25 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--gate-recall", type=float, default=0.97)
+    ap.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="val: compare variants (choices are made here); test: the held-out report",
+    )
+    ap.add_argument("--base-only", action="store_true", help="evaluate the unsteered model only")
+    ap.add_argument("--skip-base", action="store_true", help="variants only (the base runs elsewhere)")
+    ap.add_argument(
+        "--report",
+        nargs="+",
+        metavar="NAME=RECORDS.jsonl",
+        help="generate nothing: tabulate finished records files (the first is the baseline)",
+    )
     args = ap.parse_args()
+    sets = VAL_SETS if args.split == "val" else TEST_SETS
+    if args.report:
+        report_only(args)
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     col = Collection.open(args.collection)
@@ -50,9 +77,10 @@ def main() -> None:
     col.fingerprint.check(lm.fingerprint, "collection")
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    base = evaluate_refusals(lm, VAL_SETS, max_new_tokens=args.max_new_tokens, records_path=out / "base.jsonl")
-    results["base"] = {d.name: d.to_dict() for d in base.datasets}
-    for name in args.variants:
+    if not args.skip_base:
+        base = evaluate_refusals(lm, sets, max_new_tokens=args.max_new_tokens, records_path=out / "base.jsonl")
+        results["base"] = {d.name: d.to_dict() for d in base.datasets}
+    for name in [] if args.base_only else args.variants:
         positions, gate, steering = VARIANTS[name]
         bdir = out / "bundles" / f"{positions}-gate{int(gate)}"
         try:
@@ -75,14 +103,33 @@ def main() -> None:
         results[name] = {d.name: d.to_dict() for d in ev.datasets} | {
             "_bundle": {"layers": bundle.layers, "gate_layer": bundle.gate_layer, "gate": bundle.gate_metrics}
         }
+    write_tables(results, args, out, time.perf_counter() - t0)
+
+
+def report_only(args: argparse.Namespace) -> None:
+    """Tables from finished records files (e.g. a base and a steered run made in separate processes)."""
+    from eds.evaluate import summarise
+
+    results: dict[str, dict] = {}
+    for item in args.report:
+        name, _, path = item.partition("=")
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        results[name] = {d.name: d.to_dict() for d in summarise(records).datasets}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(results, args, out, 0.0)
+
+
+def write_tables(results: dict[str, dict], args: argparse.Namespace, out: Path, seconds: float) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    command = " ".join(["python benchmarks/generalisation.py", *(f'"{a}"' if " " in a else a for a in sys.argv[1:])])
     lines = [
-        f"Val splits, default model, {args.max_new_tokens} new tokens; refusal rate (95% Wilson interval). "
-        f"HarmBench was never trained on. Command: `python benchmarks/generalisation.py --collection "
-        f"{args.collection} --out {args.out}`",
+        f"{args.split} splits, default model, {args.max_new_tokens} new tokens; refusal rate (95% Wilson interval). "
+        f"The energy models trained on AdvBench, Do-Not-Answer, ORB-H and Alpaca train splits only. "
+        f"Command: `{command}`",
         "",
     ]
-    names = [d for d in results["base"]]
+    names = [d for d in next(iter(results.values())) if not d.startswith("_")]
     lines.append("| variant | " + " | ".join(names) + " | repetition |")
     lines.append("|---" * (len(names) + 2) + "|")
     for variant, per in results.items():
@@ -93,7 +140,8 @@ def main() -> None:
         rep = sum(per[d]["repetition_rate"]["k"] for d in names) / sum(per[d]["n"] for d in names)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {rep:.1%} |")
     lines.append("")
-    lines.append(f"({time.perf_counter() - t0:.0f} s)")
+    if seconds:
+        lines.append(f"({seconds:.0f} s)")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

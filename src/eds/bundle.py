@@ -94,6 +94,25 @@ class EnergyBundle:
         self.gate_metrics = metrics or {}
         self._device_cache = {k: v for k, v in self._device_cache.items() if k[0] != "gate"}
 
+    def digest(self, *, include_steering: bool = True) -> str:
+        """A hash of what decides how this bundle steers: weights, thresholds, gate (and default settings)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        parts = [(f"layer.{layer}", m) for layer, m in sorted(self.models.items())]
+        parts += [("gate", self.gate)] if self.gate is not None else []
+        for prefix, module in parts:
+            for k, v in sorted(module.state_dict().items()):
+                h.update(f"{prefix}.{k}".encode())
+                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        meta = {
+            "thresholds": self.thresholds,
+            "gate": [self.gate_layer, self.gate_threshold],
+            "steering": asdict(self.steering),
+        }
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
     @property
     def layers(self) -> list[int]:
         return sorted(self.models)

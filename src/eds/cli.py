@@ -216,7 +216,7 @@ def train_cmd(
             temperature=temperature,
         )
         bundle, res = make_bundle(col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate)
-        out = out or collection.parent / "bundle"
+        out = out or collection / "bundle"
         bundle.save(out)
     except (CollectionError, TrainError, BundleError, ValueError) as e:
         _fail(str(e))

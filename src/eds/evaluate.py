@@ -13,6 +13,7 @@ from typing import Any
 from . import data as data_mod
 from .bundle import EnergyBundle
 from .generate import generate
+from .io import write_text_atomic
 from .judge import Judge, get_judge
 from .metrics import Rate, repeats_ngram
 from .models import LoadedModel
@@ -56,6 +57,29 @@ def _group_name(p: data_mod.Prompt, spec: str) -> str:
     return f"{base}_{p.label}" if base == "xstest" else base
 
 
+class EvalError(ValueError):
+    """An evaluation cannot resume as asked."""
+
+
+def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Records resume only under the settings that made them; anything else would mix two runs."""
+    side = path.with_name(path.name + ".settings.json")
+    current = json.loads(json.dumps(settings, default=str))
+    if side.exists():
+        before = json.loads(side.read_text())
+        if before != current:
+            diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+            raise EvalError(
+                f"{path} holds records made with other settings ({', '.join(diff)} differ); "
+                "use another records file or delete it"
+            )
+    elif not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(side, json.dumps(current, indent=1))
+    else:
+        raise EvalError(f"{path} has records but no {side.name}: cannot tell how they were made")
+
+
 def evaluate_refusals(
     lm: LoadedModel,
     specs: Sequence[str],
@@ -79,6 +103,18 @@ def evaluate_refusals(
             prompts.append((_group_name(p, spec), p))
     done: dict[str, dict[str, Any]] = {}
     path = Path(records_path) if records_path else None
+    if path:
+        _check_settings(
+            path,
+            {
+                "model": lm.fingerprint.to_dict(),
+                "chat_format": lm.chat_texts(["<prompt>"])[0],
+                "bundle": bundle.digest() if bundle is not None else None,
+                "steer": {k: v for k, v in sorted(steer_overrides.items()) if v is not None},
+                "max_new_tokens": max_new_tokens,
+                "judge": getattr(judge_fn, "name", type(judge_fn).__name__),
+            },
+        )
     if path and path.exists():
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -93,6 +129,8 @@ def evaluate_refusals(
         # longest prompts first: batches of similar length pad little
         todo.sort(key=lambda gp: -len(gp[1].prompt))
         out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        if out and path and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # a line cut by a crash: start the next record on a line of its own
         try:
             for i in range(0, len(todo), batch_size * 4):
                 chunk = todo[i : i + batch_size * 4]
@@ -129,9 +167,14 @@ def evaluate_refusals(
             if out:
                 out.close()
     records = [done[p.key] for _, p in prompts]
+    return summarise(records, judge=getattr(judge_fn, "name", ""))
+
+
+def summarise(records: Sequence[dict[str, Any]], judge: str = "") -> EvalResult:
+    """Per-group refusal and repetition rates of prompt-level records (groups in first-seen order)."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for (g, _), r in zip(prompts, records, strict=True):
-        groups.setdefault(g, []).append(r)
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
     results = [
         DatasetResult(
             name=g,
@@ -141,4 +184,4 @@ def evaluate_refusals(
         )
         for g, rs in groups.items()
     ]
-    return EvalResult(datasets=results, records=records, judge=getattr(judge_fn, "name", ""))
+    return EvalResult(datasets=results, records=list(records), judge=judge)

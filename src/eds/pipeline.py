@@ -181,12 +181,16 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
 
     console.rule("[bold]2. train energy models (validation split of the collection)")
     bundle_dir = out / "bundle"
+    tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
     try:
         bundle = EnergyBundle.load(bundle_dir)
         bundle.check(lm)
+        if json.loads(json.dumps(asdict(tcfg))) != bundle.train_config or (bundle.gate is not None) != cfg.harm_gate:
+            raise BundleError("made with other training settings")
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
-    except BundleError:  # missing, damaged or for another model: train it
-        tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
+    except BundleError as e:  # missing, damaged, for another model or other settings: train it
+        if bundle_dir.exists():
+            console.print(f"retraining: {e}")
         bundle, res = make_bundle(
             col,
             tcfg,
@@ -197,13 +201,14 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
         console.print(f"layers chosen by validation AUROC: {bundle.layers}")
+    tag = bundle.digest(include_steering=False)[:10]
 
     console.rule("[bold]3. tune η on val splits")
     base_val = _eval(lm, cfg.val_sets, cfg, out / "eval" / "val-base.jsonl")
     runs = {}
     for eta in cfg.etas:
         console.print(f"η = {eta}")
-        runs[eta] = _eval(lm, cfg.val_sets, cfg, out / "eval" / f"val-eta{eta}.jsonl", bundle=bundle, eta=eta)
+        runs[eta] = _eval(lm, cfg.val_sets, cfg, out / "eval" / f"val-{tag}-eta{eta}.jsonl", bundle=bundle, eta=eta)
     chosen, rows = choose_eta(base_val, runs, cfg.margin)
     tune = Table("η", "benign compliance", "max harmful refusal drop", "keeps safety", title="tuning (val)")
     for r in rows:
@@ -225,7 +230,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
 
     console.rule(f"[bold]4. held-out test prompts: base vs steered (η = {eta})")
     test_base = _eval(lm, cfg.test_sets, cfg, out / "eval" / "test-base.jsonl")
-    test_steered = _eval(lm, cfg.test_sets, cfg, out / "eval" / f"test-eta{eta}.jsonl", bundle=bundle)
+    test_steered = _eval(lm, cfg.test_sets, cfg, out / "eval" / f"test-{tag}-eta{eta}.jsonl", bundle=bundle)
     console.print(_comparison_table(test_base, test_steered, "refusal rate, 95% Wilson intervals"))
     _show_examples(test_base, test_steered)
     result = RunResult(cfg, chosen, rows, test_base, test_steered, time.perf_counter() - t0)

@@ -43,8 +43,9 @@ class ProbeResult:
 
 def fit_probe(x: Tensor, harmful: Tensor, *, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0) -> HarmProbe:
     """Class-balanced logistic regression, full batch (a few thousand states at most)."""
-    torch.manual_seed(seed)
-    probe = HarmProbe(x.shape[1])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = HarmProbe(x.shape[1])
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0).clamp_min(1e-4))
     pos_weight = (~harmful).sum() / harmful.sum().clamp_min(1)

@@ -123,9 +123,16 @@ def train_layer(
 
     Validation InfoNCE loss is a poor stopping signal: it keeps rising as energies grow more confident
     while the ranking (AUROC) has long settled, so the ranking decides."""
+    for name, labels in (("training", good), ("validation", good_val)):
+        if labels.all() or not labels.any():
+            raise TrainError(
+                f"the {name} states are all one class: with positions={cfg.positions!r} this "
+                "collection has no states of the other (too few generated tokens kept?)"
+            )
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = EnergyMLP(hidden_size, cfg.widths)
+    with torch.random.fork_rng():  # seeded initialisation without touching the caller's random state
+        torch.manual_seed(cfg.seed)
+        model = EnergyMLP(hidden_size, cfg.widths)
     model.set_input_stats(x)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xg, xb = x[good], x[~good]

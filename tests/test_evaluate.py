@@ -1,0 +1,48 @@
+import json
+
+import pytest
+from test_steer import make_bundle
+
+from eds.evaluate import EvalError, evaluate_refusals, summarise
+from eds.metrics import repeats_ngram
+
+
+def test_summarise_and_repetition():
+    recs = [
+        {"group": "a", "label": "benign", "refused": True, "response": "I'm sorry."},
+        {"group": "a", "label": "benign", "refused": False, "response": "go go go go go go go go go go go go"},
+        {"group": "b", "label": "harmful", "refused": True, "response": "No."},
+    ]
+    res = summarise(recs).by_name()
+    assert (res["a"].refused.k, res["a"].refused.n, res["a"].repetitive.k) == (1, 2, 1)
+    assert res["b"].should_refuse and res["b"].to_dict()["compliance_rate"]["k"] == 0
+    assert repeats_ngram("a b c d a b c d a b c d") and not repeats_ngram("a b c d a b c d")
+
+
+def test_records_resume_only_under_the_same_settings(tmp_path, tiny):
+    path = tmp_path / "r.jsonl"
+    kw = dict(max_new_tokens=3, records_path=path, progress=False)
+    first = evaluate_refusals(tiny, ["advbench:val:3"], **kw)
+    lines = path.read_text().count("\n")
+    again = evaluate_refusals(tiny, ["advbench:val:3"], **kw)  # nothing regenerated
+    assert path.read_text().count("\n") == lines and again.records == first.records
+    with pytest.raises(EvalError, match="max_new_tokens"):
+        evaluate_refusals(tiny, ["advbench:val:3"], max_new_tokens=4, records_path=path, progress=False)
+    with pytest.raises(EvalError, match="bundle"):
+        evaluate_refusals(tiny, ["advbench:val:3"], bundle=make_bundle(tiny), **kw)
+
+
+def test_a_line_cut_by_a_crash_is_regenerated(tmp_path, tiny):
+    path = tmp_path / "r.jsonl"
+    kw = dict(max_new_tokens=3, records_path=path, progress=False)
+    evaluate_refusals(tiny, ["advbench:val:3"], **kw)
+    text = path.read_text()
+    path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1] + text.splitlines()[-1][:20])  # cut last line
+    res = evaluate_refusals(tiny, ["advbench:val:3"], **kw)
+    assert len(res.records) == 3
+    rows = [
+        json.loads(line)
+        for line in path.read_text().splitlines()[: -0 or None]
+        if line.startswith("{") and line.endswith("}")
+    ]
+    assert len({r["key"] for r in rows}) == 3
