@@ -51,11 +51,26 @@ def test_collect_on_a_local_model_folder(tmp_path, model_folder):
     assert len(manifest["plan"]) == 6 and manifest["judge"] == "substring"
 
 
-def test_clear_errors(tmp_path, eds_cache):
+def test_clear_errors(tmp_path, eds_cache, model_folder):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine", "label": "benign"}\n{"prompt": "x", "label": "maybe"}\n')
-    res = runner.invoke(app, ["collect", "--data", str(bad), "--model", str(tmp_path / "nowhere")])
-    assert res.exit_code == 2 and "error" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "collect",
+            "--data",
+            str(bad),
+            "--model",
+            str(model_folder),
+            "--out",
+            str(tmp_path / "run"),
+            "--dtype",
+            "float32",
+        ],
+    )
+    assert res.exit_code == 2 and "bad.jsonl, line 2: unknown label 'maybe'" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["collect", "--model", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "cannot load" in res.output
     res = runner.invoke(app, ["fetch", "gpt-17"])
     assert res.exit_code == 2 and "unknown built-in model" in res.output
     res = runner.invoke(app, ["collect", "--max-new-tokens", "2", "--gen-tokens", "4"])

@@ -17,10 +17,9 @@ pytestmark = pytest.mark.real
 @pytest.fixture(scope="module")
 def lm():
     torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        return load_model(DEFAULT_MODEL)
-    finally:
-        assert cache_state(DEFAULT_MODEL) == "ready"
+    lm = load_model(DEFAULT_MODEL)
+    assert cache_state(DEFAULT_MODEL) == "ready"
+    return lm
 
 
 def test_reload_from_cache_is_fast(lm):

@@ -292,3 +292,16 @@ def test_a_continued_conversation_is_a_new_prompt(tiny):
         tiny.model(input_ids=more, attention_mask=mask, past_key_values=cache, use_cache=True)
         # the second segment is a prompt of its own: statistics restart and its last token is steered
         assert handle.stats.positions == 1 and handle.stats.moved.tolist() == [1]
+
+
+def test_abandoned_chat_stream_stops_and_unhooks(tiny):
+    from eds.generate import stream_chat
+
+    def count():
+        return len(tiny.model._forward_pre_hooks) + sum(len(layer._forward_pre_hooks) for layer in tiny.layers)
+
+    before = count()
+    stream = stream_chat(tiny, [{"role": "user", "content": "hi"}], bundle=make_bundle(tiny), max_new_tokens=200)
+    first = next(stream)
+    stream.close()  # the caller walks away after one piece
+    assert isinstance(first, str) and count() == before

@@ -85,26 +85,34 @@ def stream_chat(
     **steer_overrides: Any,
 ) -> Iterator[str]:
     """Stream the assistant's next turn for a multi-turn conversation, piece by piece."""
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     enc = lm.tokenizer([text], return_tensors="pt", add_special_tokens=False).to(lm.device)
     streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kw = _gen_kwargs(lm, max_new_tokens, do_sample, temperature, top_p)
     errors: list[BaseException] = []
+    stop = threading.Event()
+
+    class _Stop(StoppingCriteria):  # lets an abandoned stream end its generation (and its hooks) early
+        def __call__(self, input_ids, scores, **kwargs) -> bool:
+            return stop.is_set()
 
     def run() -> None:
         ctx = steer(lm, bundle, **steer_overrides) if bundle is not None else contextlib.nullcontext()
         try:
             with torch.inference_mode(), ctx:
-                lm.model.generate(**enc, **kw, streamer=streamer)
+                lm.model.generate(**enc, **kw, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]))
         except BaseException as e:  # surfaced in the caller's thread
             errors.append(e)
             streamer.end()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        stop.set()
+        thread.join()
     if errors:
         raise errors[0]

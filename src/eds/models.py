@@ -389,9 +389,10 @@ class LoadedModel:
         layers_attr: str | None = None,
         system_prompt: str | None = None,
     ) -> LoadedModel:
-        """Wrap a model and tokenizer you already have: eval mode, frozen, left padding."""
-        model.eval().requires_grad_(False)
-        tokenizer.padding_side = "left"
+        """Wrap a model and tokenizer you already have. The model is put in eval mode (steering must use
+        the trained function, not a dropout sample); the tokenizer is left as it is: `encode` asks for
+        left padding per call, and a pad token is only added if it has none."""
+        model.eval()
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         path, _ = find_layers(model, layers_attr)
@@ -432,7 +433,7 @@ class LoadedModel:
     def encode(self, prompts: list[str], system_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Left-padded batch of chat-formatted prompts, on the model's device."""
         texts = self.chat_texts(prompts, system_prompt)
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         return {k: v.to(self.device) for k, v in enc.items()}
 
 
@@ -490,6 +491,8 @@ def load_model(
             f"cannot load {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
             f"a local model folder, or a reachable hub id ({e})"
         ) from e
+    model.requires_grad_(False)  # ours, not the user's: no gradients are ever needed
+    tok.padding_side = "left"
     return LoadedModel.from_model(
         model.to(dev), tok, name_or_path, layers_attr=layers_attr, system_prompt=system_prompt
     )
