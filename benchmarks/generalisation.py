@@ -94,7 +94,7 @@ def main() -> None:
         print(f"== {name}: layers {bundle.layers}, gate layer {bundle.gate_layer}", flush=True)
         ev = evaluate_refusals(
             lm,
-            VAL_SETS,
+            sets,
             bundle=bundle,
             max_new_tokens=args.max_new_tokens,
             records_path=out / f"{name.replace(' ', '_')}.jsonl",
