@@ -57,6 +57,7 @@ def main() -> None:
         default="val",
         help="val: compare variants (choices are made here); test: the held-out report",
     )
+    ap.add_argument("--sets", nargs="+", help="prompt-set specs instead of the split's defaults")
     ap.add_argument("--base-only", action="store_true", help="evaluate the unsteered model only")
     ap.add_argument("--skip-base", action="store_true", help="variants only (the base runs elsewhere)")
     ap.add_argument(
@@ -66,7 +67,7 @@ def main() -> None:
         help="generate nothing: tabulate finished records files (the first is the baseline)",
     )
     args = ap.parse_args()
-    sets = VAL_SETS if args.split == "val" else TEST_SETS
+    sets = tuple(args.sets) if args.sets else (VAL_SETS if args.split == "val" else TEST_SETS)
     if args.report:
         report_only(args)
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,23 @@ def _group_name(p: data_mod.Prompt, spec: str) -> str:
     return f"{base}_{p.label}" if base == "xstest" else base
 
 
+def eval_settings(
+    lm: LoadedModel, bundle: EnergyBundle | None, max_new_tokens: int, judge: Judge, steer_overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything that decides a record: model, chat format, bundle and effective steering, length, judge."""
+    steer = None
+    if bundle is not None:
+        steer = asdict(replace(bundle.steering, **{k: v for k, v in steer_overrides.items() if v is not None}))
+    return {
+        "model": lm.fingerprint.to_dict(),
+        "chat_format": lm.chat_texts(["<prompt>"])[0],
+        "bundle": bundle.digest(include_steering=False) if bundle is not None else None,
+        "steer": steer,
+        "max_new_tokens": max_new_tokens,
+        "judge": getattr(judge, "name", type(judge).__name__),
+    }
+
+
 class EvalError(ValueError):
     """An evaluation cannot resume as asked."""
 
@@ -104,17 +121,7 @@ def evaluate_refusals(
     done: dict[str, dict[str, Any]] = {}
     path = Path(records_path) if records_path else None
     if path:
-        _check_settings(
-            path,
-            {
-                "model": lm.fingerprint.to_dict(),
-                "chat_format": lm.chat_texts(["<prompt>"])[0],
-                "bundle": bundle.digest() if bundle is not None else None,
-                "steer": {k: v for k, v in sorted(steer_overrides.items()) if v is not None},
-                "max_new_tokens": max_new_tokens,
-                "judge": getattr(judge_fn, "name", type(judge_fn).__name__),
-            },
-        )
+        _check_settings(path, eval_settings(lm, bundle, max_new_tokens, judge_fn, steer_overrides))
     if path and path.exists():
         with open(path, encoding="utf-8") as f:
             for line in f:
