@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     sets = tuple(args.sets) if args.sets else (VAL_SETS if args.split == "val" else TEST_SETS)
     if args.report:
-        report_only(args)
+        report_only(args, sets)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,15 +107,26 @@ def main() -> None:
     write_tables(results, args, out, time.perf_counter() - t0)
 
 
-def report_only(args: argparse.Namespace) -> None:
+def report_only(args: argparse.Namespace, sets: tuple[str, ...]) -> None:
     """Tables from finished records files (e.g. a base and a steered run made in separate processes)."""
+    from eds import data
     from eds.evaluate import summarise
+
+    plan = [p.key for spec in sets for p in data.load(spec)]
 
     results: dict[str, dict] = {}
     for item in args.report:
         name, _, path = item.partition("=")
-        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        results[name] = {d.name: d.to_dict() for d in summarise(records).datasets}
+        by_key = {}
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                by_key[r["key"]] = r
+        missing = [k for k in plan if k not in by_key]
+        if missing:
+            raise SystemExit(f"{path} lacks {len(missing)} prompts of the plan (e.g. {missing[0]}): finish it first")
+        # only the plan's prompts, in the plan's order: every variant is compared on the same prompts
+        results[name] = {d.name: d.to_dict() for d in summarise([by_key[k] for k in plan]).datasets}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_tables(results, args, out, 0.0)
