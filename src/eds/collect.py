@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from . import data as data_mod
 from .io import fsync_file, sha256_file, tmp_path, versions, write_text_atomic
 from .judge import Judge, get_judge
-from .models import Fingerprint, LoadedModel, resolve_dtype
+from .models import Fingerprint, LoadedModel, layer_input, resolve_dtype
 
 FORMAT = "eds.collection/1"
 TINY_CLASS = 10
@@ -102,7 +102,7 @@ class _Recorder:
     def _hook(self, i: int):
         def hook(module, args, kwargs):
             if self.calls[i] <= self.k:
-                hidden = args[0] if args else kwargs["hidden_states"]
+                hidden = layer_input(args, kwargs)
                 self.store[i].append(hidden[:, -1, :].detach().to(self.dtype, copy=True))
             self.calls[i] += 1
 
@@ -302,10 +302,14 @@ def _plan(lm: LoadedModel, cfg: CollectConfig) -> list[data_mod.Prompt]:
     return [prompts[i] for i in order]
 
 
-def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[str], overwrite: bool) -> dict:
+def _open_or_create(
+    out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[str], overwrite: bool
+) -> tuple[dict, set[str]]:
+    """The manifest to continue (checked against the current settings) and the keys already collected."""
     mf = out / "manifest.json"
     if mf.exists() and not overwrite:
-        manifest = Collection.open(out).manifest
+        existing = Collection.open(out)
+        manifest = existing.manifest
         problems = []
         if manifest["config"] != cfg.identity():
             diff = {
@@ -327,7 +331,7 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
                 f"{out} holds a collection made differently: {'; '.join(problems)}. "
                 "Use another output folder, or --overwrite to start again."
             )
-        return manifest
+        return manifest, {r["key"] for r in existing.records}
     if any(p.name != _LOCK for p in out.iterdir()) and not overwrite and not mf.exists():
         raise CollectionError(f"{out} exists and is not an eds collection; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +352,7 @@ def _open_or_create(out: Path, lm: LoadedModel, cfg: CollectConfig, plan: list[s
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_text_atomic(mf, json.dumps(manifest, indent=1, ensure_ascii=False))
-    return manifest
+    return manifest, set()
 
 
 def _batches(items: list[data_mod.Prompt], size: int) -> Iterator[list[data_mod.Prompt]]:
@@ -407,7 +411,7 @@ def _collect_locked(
     overwrite: bool,
     progress: bool,
 ) -> Collection:
-    manifest = _open_or_create(out, lm, cfg, [p.key for p in plan], overwrite)
+    manifest, done = _open_or_create(out, lm, cfg, [p.key for p in plan], overwrite)
     judge_name = getattr(judge_fn, "name", type(judge_fn).__name__)
     if manifest["judge"] not in (None, judge_name):
         raise CollectionError(f"{out} was judged with {manifest['judge']!r}, not {judge_name!r}")
@@ -421,7 +425,6 @@ def _collect_locked(
     for p in out.glob(".*.tmp-*"):
         p.unlink()
 
-    done = {r["key"] for r in Collection.open(out).records}
     todo = [p for p in plan if p.key not in done]
     dtype = resolve_dtype(cfg.store_dtype)
     assert isinstance(dtype, torch.dtype)

@@ -57,21 +57,10 @@ class EnergyMLP(nn.Module):
         return self.linears[-1](x).squeeze(-1)
 
     def energy_and_grad(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """E(h) and dE/dh for a batch of states [N, H], by a hand-written backward pass.
+        """E(h) and dE/dh for a batch of states [N, H], by the hand-written backward of FrozenEnergy.
 
         Works under torch.inference_mode and needs no autograd graph; float32 throughout."""
-        x = (h.float() - self.mean) / self.std
-        pre: list[Tensor] = []
-        for lin in self.linears[:-1]:
-            z = lin(x)
-            pre.append(z)
-            x = F.silu(z)
-        energy = self.linears[-1](x).squeeze(-1)
-        g = self.linears[-1].weight.expand(x.shape[0], -1)  # dE/dx_last, [N, w_last]
-        for lin, z in zip(reversed(self.linears[:-1]), reversed(pre), strict=True):
-            s = torch.sigmoid(z)
-            g = (g * (s * (1 + z * (1 - s)))) @ lin.weight  # silu'(z) = s (1 + z (1 - s))
-        return energy, g / self.std
+        return FrozenEnergy(self).energy_and_grad(h)
 
 
 class FrozenEnergy(nn.Module):

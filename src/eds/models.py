@@ -303,6 +303,11 @@ def find_layers(model: nn.Module, layers_attr: str | None = None) -> tuple[str, 
     )
 
 
+def layer_input(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The hidden state a decoder layer's forward pre-hook sees (positional in most models, a keyword in some)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
 # ----------------------------------------------------------------------------- fingerprint
 
 

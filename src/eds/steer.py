@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP, FrozenEnergy
-from .models import Fingerprint, LoadedModel, find_layers
+from .models import Fingerprint, LoadedModel, find_layers, layer_input
 
 
 def steer_states(
@@ -73,6 +73,7 @@ class _Phase:
 
     prompt_len: int = 0
     gen_index: int = -1  # -1 = prefill; j = decode step feeding generated token j
+    steering: bool = False  # whether this forward's newest position is steered (settings and gen_index)
     stats: SteerStats = field(default_factory=SteerStats)
     allow: Tensor | None = None  # [B] rows the harmfulness gate lets be steered (None = all)
 
@@ -159,16 +160,18 @@ def steer(
             phase.allow = None
         else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
+        j = phase.gen_index
+        phase.steering = settings.steps > 0 and (j < 0 or limit is None or j < limit)
+        phase.stats.positions += phase.steering
 
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
         gate = threshold if settings.mode == "gated" else None
 
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            j = phase.gen_index
-            if settings.steps == 0 or (j >= 0 and limit is not None and j >= limit):
+            if not phase.steering:
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = layer_input(args, kwargs)
             last = hidden[:, -1, :]
             new_last, moved = steer_states(
                 last,
@@ -191,11 +194,6 @@ def steer(
 
         return hook
 
-    def count_positions(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        j = phase.gen_index
-        if settings.steps and (j < 0 or limit is None or j < limit):
-            phase.stats.positions += 1
-
     probe = None
     if settings.harm_gate and bundle.gate_layer is not None:
         probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
@@ -203,7 +201,7 @@ def steer(
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = layer_input(args, kwargs)
             phase.allow = probe(hidden[:, -1, :]) <= gate_threshold
 
     handles = []
@@ -214,7 +212,6 @@ def steer(
             handles.append(
                 layer_modules[bundle.gate_layer].register_forward_pre_hook(gate_hook, with_kwargs=True, prepend=True)
             )
-        handles.append(model.register_forward_pre_hook(count_positions, with_kwargs=True))
         for layer in use:
             handles.append(layer_modules[layer].register_forward_pre_hook(make_layer_hook(layer), with_kwargs=True))
         yield SteerHandle(settings=settings, layers=use, stats=phase.stats)
