@@ -245,3 +245,44 @@ def test_resume_refuses_another_system_prompt_and_a_concurrent_writer(tmp_path, 
         with pytest.raises(CollectionError, match="another process is collecting"):
             collect(tiny, out, cfg, judge=KeywordJudge())
     assert len(collect(tiny, out, cfg, judge=KeywordJudge(), progress=False).records) == 4
+
+
+def test_collections_read_as_one(tmp_path, tiny):
+    from eds.collect import open_collections
+
+    a = prompt_file(tmp_path, n_copies=1)
+    b = tmp_path / "more.jsonl"
+    b.write_text(
+        "".join(json.dumps({"id": f"m{i}", "prompt": p, "label": "benign"}) + "\n" for i, p in enumerate(BENIGN))
+    )
+    ca = collect(
+        tiny,
+        tmp_path / "a",
+        CollectConfig(data=(str(a),), max_new_tokens=4, gen_tokens=2),
+        judge=KeywordJudge(),
+        progress=False,
+    )
+    cb = collect(
+        tiny,
+        tmp_path / "b",
+        CollectConfig(data=(str(b),), max_new_tokens=4, gen_tokens=3),
+        judge=KeywordJudge(),
+        progress=False,
+    )
+    u = open_collections([tmp_path / "a", tmp_path / "b"])
+    assert u.records == ca.records + cb.records and u.num_layers == ca.num_layers
+    h = u.states(1)
+    assert h.shape == (len(ca.records) + len(cb.records), 4, 32)
+    assert torch.equal(h[: len(ca.records), :3], ca.states(1)) and not h[: len(ca.records), 3].any()
+    assert torch.equal(h[len(ca.records) :], cb.states(1))
+    valid = u.gen_valid()
+    assert not valid[: len(ca.records), 2].any() and torch.equal(valid[len(ca.records) :], cb.gen_valid())
+    assert torch.equal(u.good(), torch.cat([ca.good(), cb.good()]))
+    assert open_collections([tmp_path / "a"]).records == ca.records
+    with pytest.raises(CollectionError, match="in both"):
+        open_collections([tmp_path / "a", tmp_path / "a"])
+    other = KeywordJudge()
+    other.name = "other"
+    collect(tiny, tmp_path / "c", CollectConfig(data=(str(b),), max_new_tokens=4, gen_tokens=2), judge=other, progress=False)
+    with pytest.raises(CollectionError, match="judged by"):
+        open_collections([tmp_path / "a", tmp_path / "c"])

@@ -188,8 +188,8 @@ def collect(
 
 @app.command("train")
 def train_cmd(
-    collection: Annotated[Path, typer.Argument(help="a collection folder made by `eds collect`")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle folder")] = None,
+    collections: Annotated[list[Path], typer.Argument(help="collection folder(s) made by `eds collect`, read as one")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="bundle folder (default: FIRST/bundle)")] = None,
     positions: Annotated[str, typer.Option(help="states to train on: prompt, gen, all")] = "prompt",
     top_k: Annotated[int, typer.Option(help="layers to keep, by validation AUROC")] = 3,
     layers: Annotated[str | None, typer.Option(help="layers to train, e.g. 10-23 or 12,18,22")] = None,
@@ -202,12 +202,12 @@ def train_cmd(
 ) -> None:
     """Phase 2: train an energy model per layer, score layers (AUROC), save the best as a bundle."""
     from .bundle import BundleError, SteerSettings
-    from .collect import Collection, CollectionError
+    from .collect import CollectionError, open_collections
     from .pipeline import make_bundle
     from .train import TrainConfig, TrainError, plot_auroc
 
     try:
-        col = Collection.open(collection)
+        col = open_collections(collections)
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,
@@ -216,7 +216,7 @@ def train_cmd(
             temperature=temperature,
         )
         bundle, res = make_bundle(col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate)
-        out = out or collection / "bundle"
+        out = out or collections[0] / "bundle"
         bundle.save(out)
     except (CollectionError, TrainError, BundleError, ValueError) as e:
         _fail(str(e))

@@ -262,6 +262,54 @@ class Collection:
         return label_counts(self.records)
 
 
+@dataclass
+class CollectionUnion(Collection):
+    """Several collections of the same model read as one, so a training set can grow by collecting
+    only the new prompts. Rows keep their order (first collection first); states of collections that
+    kept fewer generated positions are zero-padded and marked invalid there."""
+
+    parts: list[Collection] = field(default_factory=list)
+
+    def _cat(self, name: str) -> torch.Tensor:
+        ts = [p._cat(name) for p in self.parts]
+        if ts[0].dim() > 1:
+            width = max(t.shape[1] for t in ts)
+            ts = [torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1], *t.shape[2:])], 1) for t in ts]
+        return torch.cat(ts)
+
+
+def open_collections(paths: Sequence[str | Path]) -> Collection:
+    """One collection, or several of the same model and judge read as one (see CollectionUnion)."""
+    cols = [Collection.open(p) for p in paths]
+    if not cols:
+        raise CollectionError("no collection given")
+    if len(cols) == 1:
+        return cols[0]
+    first = cols[0]
+    seen: dict[str, Path] = {}
+    for c in cols:
+        diff = first.fingerprint.mismatches(c.fingerprint)
+        if diff:
+            raise CollectionError(f"{c.path} was collected from another model than {first.path}: {'; '.join(diff)}")
+        if c.manifest.get("judge") != first.manifest.get("judge"):
+            raise CollectionError(
+                f"{c.path} was judged by {c.manifest.get('judge')!r}, {first.path} by "
+                f"{first.manifest.get('judge')!r}: labels would not mean the same"
+            )
+        for r in c.records:
+            key = r["key"]
+            if key in seen:
+                raise CollectionError(f"prompt {key} is in both {seen[key]} and {c.path}; a prompt may be in one only")
+            seen[key] = c.path
+    manifest = {
+        **first.manifest,
+        "config": [c.manifest.get("config") for c in cols],
+        "union": [str(c.path) for c in cols],
+        "plan": [k for c in cols for k in c.manifest["plan"]],
+    }
+    return CollectionUnion(path=first.path, manifest=manifest, records=[r for c in cols for r in c.records], parts=cols)
+
+
 def label_counts(records: Sequence[dict[str, Any]]) -> dict[str, Counter]:
     out: dict[str, Counter] = {"benign": Counter(), "harmful": Counter()}
     for r in records:

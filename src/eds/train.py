@@ -213,7 +213,7 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
     ranked = sorted(results, key=lambda r: -r.val_auroc)
     chosen = sorted(r.layer for r in ranked[: cfg.top_k])
     summary = {
-        "collection": str(col.path),
+        "collection": col.manifest.get("union") or str(col.path),
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
         "datasets": sorted({r["dataset"] for r in records}),
