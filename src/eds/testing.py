@@ -107,3 +107,24 @@ def tiny_model(
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return LoadedModel.from_model(model, tok, f"tiny-{model_type}")
+
+
+def random_bundle(lm: LoadedModel, layers: tuple[int, ...] = (1,), threshold: float = 0.0, **steering: Any):
+    """An energy bundle of untrained, seeded MLPs for `lm`: exercises steering plumbing, not behaviour."""
+    from .bundle import EnergyBundle, SteerSettings
+    from .energy import EnergyMLP
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        models = {}
+        for layer in layers:
+            m = EnergyMLP(lm.fingerprint.hidden_size, (16, 8))
+            m.set_input_stats(torch.randn(64, lm.fingerprint.hidden_size, generator=gen))
+            models[layer] = m.eval().requires_grad_(False)
+    return EnergyBundle(
+        fingerprint=lm.fingerprint,
+        models=models,
+        thresholds=dict.fromkeys(layers, threshold),
+        steering=SteerSettings(**steering),
+    )
