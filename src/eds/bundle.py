@@ -8,7 +8,7 @@ import copy
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,17 @@ class EnergyBundle:
     @property
     def layers(self) -> list[int]:
         return sorted(self.models)
+
+    def subset(self, layers: list[int]) -> EnergyBundle:
+        """The same bundle steering only `layers` (a tuned choice among those it holds)."""
+        missing = sorted(set(layers) - set(self.models))
+        if missing or not layers:
+            raise BundleError(f"layers {missing or layers} are not a non-empty subset of the bundle's {self.layers}")
+        return replace(
+            self,
+            models={k: v for k, v in self.models.items() if k in layers},
+            thresholds={k: v for k, v in self.thresholds.items() if k in layers},
+        )
 
     @classmethod
     def from_training(

@@ -415,6 +415,60 @@ def eval_cmd(
     console.print(f"report: {out / 'report.md'}; full result: {out / 'result.json'}")
 
 
+@app.command("tune")
+def tune_cmd(
+    bundle: Annotated[Path, typer.Argument(help="energy bundle; the chosen settings are saved into it")],
+    model: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="records, tune.json and tradeoff.png")] = Path("runs/tune"),
+    eta: Annotated[list[float] | None, typer.Option(help="η values to try (repeatable)")] = None,
+    steps: Annotated[list[int] | None, typer.Option(help="step counts to try (repeatable)")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="always and/or gated (repeatable)")] = None,
+    top_k: Annotated[list[int] | None, typer.Option(help="use the bundle's k best layers (repeatable)")] = None,
+    val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
+    margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
+    max_new_tokens: Annotated[int, typer.Option()] = 40,
+    save: Annotated[bool, typer.Option(help="write the chosen settings into the bundle")] = True,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = None,
+) -> None:
+    """Choose η, steps, mode and layers on validation splits: most benign compliance, safety first."""
+    from .bundle import BundleError
+    from .evaluate import EvalError
+    from .tune import TuneConfig, tune
+
+    cfg = TuneConfig(out=str(out), margin=margin, max_new_tokens=max_new_tokens)
+    for name, values in (("etas", eta), ("steps", steps), ("modes", mode), ("top_k", top_k), ("val_sets", val_set)):
+        if values:
+            setattr(cfg, name, tuple(values))
+    lm, b = _load_for_steering(model, bundle, dtype, device, None)
+    try:
+        res = tune(lm, b, cfg, bundle_path=bundle if save else None)
+    except (BundleError, EvalError, data_mod.DataError, ValueError) as e:
+        _fail(str(e))
+    table = Table("setting", "benign compliance", "harmful refusal", "worst harmful drop", "repetition", "safe")
+    table.add_row(
+        "base model", f"{res.base['benign_compliance']:.1%}", f"{res.base['harmful_refusal']:.1%}", "", "", ""
+    )
+    for r in res.rows:
+        star = " *" if res.chosen is not None and r["name"] == res.chosen.name else ""
+        table.add_row(
+            r["name"] + star,
+            f"{r['benign_compliance']:.1%}",
+            f"{r['harmful_refusal']:.1%}",
+            f"{r['max_harmful_refusal_drop']:+.1%}",
+            f"{r['repetition']:.1%}",
+            "yes" if r["feasible"] else "[red]no[/]",
+        )
+    console.print(table)
+    if res.chosen is None:
+        console.print(f"[bold red]no setting keeps every harmful val source within {margin:.0%}; bundle unchanged")
+    else:
+        console.print(f"chosen (*): {res.chosen.name}" + (f"; saved into {bundle}" if save else ""))
+    console.print(
+        f"trade-off plot: {out / 'tradeoff.png'}; all numbers: {out / 'tune.json'} ({res.seconds / 60:.1f} min)"
+    )
+
+
 @app.command("run")
 def run_cmd(
     model: ModelOpt = DEFAULT_MODEL,

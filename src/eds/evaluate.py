@@ -67,7 +67,9 @@ def eval_settings(
     """Everything that decides a record: model, chat format, bundle and effective steering, length, judge."""
     steer = None
     if bundle is not None:
-        steer = asdict(replace(bundle.steering, **{k: v for k, v in steer_overrides.items() if v is not None}))
+        given = {k: v for k, v in steer_overrides.items() if v is not None}
+        steer = asdict(replace(bundle.steering, **{k: v for k, v in given.items() if k != "layers"}))
+        steer["layers"] = sorted(given.get("layers", bundle.layers))
     return {
         "model": lm.fingerprint.to_dict(),
         "chat_format": lm.chat_texts(["<prompt>"])[0],

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from eds.bundle import EnergyBundle
+from eds.evaluate import DatasetResult, EvalResult
+from eds.metrics import Rate
+from eds.testing import random_bundle
+from eds.tune import TuneConfig, best_layers, pick, score, tune
+
+
+def result(**refusals):
+    return EvalResult([DatasetResult(name, label, Rate(k, 100), Rate(0, 100)) for name, (label, k) in refusals.items()])
+
+
+def test_score_and_pick_put_safety_first():
+    base = result(orb=("benign", 40), adv=("harmful", 80), hb=("harmful", 50))
+    runs = [
+        result(orb=("benign", 20), adv=("harmful", 85), hb=("harmful", 50)),  # feasible, 80% compliance
+        result(orb=("benign", 10), adv=("harmful", 90), hb=("harmful", 49)),  # feasible (-1 pt), 90%
+        result(orb=("benign", 2), adv=("harmful", 95), hb=("harmful", 40)),  # loses 10 pts on hb
+    ]
+    rows = [{"setting": {"eta": e}, **score(base, r, 0.01)} for e, r in zip((0.03, 0.06, 0.1), runs, strict=True)]
+    assert [r["feasible"] for r in rows] == [True, True, False]
+    assert rows[2]["max_harmful_refusal_drop"] == pytest.approx(0.10)
+    assert rows[0]["benign_compliance"] == 0.8 and rows[1]["harmful_refusal"] == pytest.approx(139 / 200)
+    assert pick(rows) == 1
+    assert pick(rows[2:]) is None
+
+
+def test_best_layers_by_val_auroc(tiny):
+    b = random_bundle(tiny, layers=(0, 1, 2))
+    b.metrics = [{"layer": 0, "val_auroc": 0.7}, {"layer": 1, "val_auroc": 0.9}, {"layer": 2, "val_auroc": 0.8}]
+    assert best_layers(b, None) == [0, 1, 2] and best_layers(b, 2) == [1, 2] and best_layers(b, 1) == [1]
+    assert b.subset([1]).layers == [1]
+
+
+def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):
+    b = random_bundle(tiny, layers=(0, 2))
+    b.save(tmp_path / "bundle")
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=("orbench_hard:val:4", "advbench:val:4"),
+        etas=(0.0, 0.5),
+        top_k=(None, 1),
+        max_new_tokens=3,
+        margin=1.0,  # every candidate is feasible: the most compliant wins
+    )
+    res = tune(tiny, EnergyBundle.load(tmp_path / "bundle"), cfg, bundle_path=tmp_path / "bundle")
+    assert len(res.rows) == 4 and res.chosen is not None
+    saved = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert len(saved["candidates"]) == 4 and saved["chosen"] is not None
+    assert (tmp_path / "tune" / "tradeoff.png").stat().st_size > 1000
+    best = max(r["benign_compliance"] for r in res.rows)
+    assert res.rows[saved["chosen"]]["benign_compliance"] == best
+    reloaded = EnergyBundle.load(tmp_path / "bundle")
+    assert reloaded.steering.eta == res.chosen.eta and reloaded.layers == res.chosen.layers
+    # eta 0 steers nothing: its refusals equal the base model's
+    zero = next(r for r in res.rows if r["setting"]["eta"] == 0.0)
+    assert zero["refusal"] == saved["base"]["refusal"]
+
+
+def test_tune_refuses_test_data(tmp_path, tiny):
+    with pytest.raises(ValueError, match="validation data only"):
+        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("xstest:test",)))
