@@ -122,3 +122,16 @@ def test_collect_train_generate_chain(tmp_path, model_folder):
     assert "base:" in res.output and "states moved" in res.output
     res = runner.invoke(app, ["train", str(tmp_path / "run"), "--layers", "7"])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_bench_verb_writes_its_results_file(tmp_path):
+    args = ["bench", "--config", "tiny", "--batch-sizes", "1", "2", "--prompt-len", "8", "--new-tokens", "3"]
+    res = runner.invoke(app, [*args, "--repeats", "1", "--out-dir", str(tmp_path), "--tag", "t"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "t-tiny.json").read_text())
+    assert doc["meta"]["command"].startswith("eds bench --config tiny")
+    assert [r["batch"] for r in doc["results"]] == [1, 2]
+    for r in doc["results"]:
+        assert set(r["modes"]) == {"plain", "always", "gated"}
+        assert all(isinstance(r["ratios"][m]["decode_overhead_pct"], float) for m in ("always", "gated"))
+    assert "decode" in (tmp_path / "t-tiny.md").read_text()

@@ -283,6 +283,8 @@ def test_collections_read_as_one(tmp_path, tiny):
         open_collections([tmp_path / "a", tmp_path / "a"])
     other = KeywordJudge()
     other.name = "other"
-    collect(tiny, tmp_path / "c", CollectConfig(data=(str(b),), max_new_tokens=4, gen_tokens=2), judge=other, progress=False)
+    collect(
+        tiny, tmp_path / "c", CollectConfig(data=(str(b),), max_new_tokens=4, gen_tokens=2), judge=other, progress=False
+    )
     with pytest.raises(CollectionError, match="judged by"):
         open_collections([tmp_path / "a", tmp_path / "c"])

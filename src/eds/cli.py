@@ -469,6 +469,17 @@ def tune_cmd(
     )
 
 
+@app.command(
+    "bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def bench_cmd(ctx: typer.Context) -> None:
+    """Speed and peak memory: plain vs always-on vs gated steering (`eds bench --help` for options)."""
+    from . import bench
+
+    bench.COMMAND = ["eds", "bench"]
+    raise typer.Exit(bench.main(list(ctx.args), prog="eds bench"))
+
+
 @app.command("run")
 def run_cmd(
     model: ModelOpt = DEFAULT_MODEL,
