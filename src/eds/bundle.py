@@ -41,6 +41,7 @@ class SteerSettings:
     mode: str = "always"
     positions: str | int = "all"
     harm_gate: bool = True  # use the bundle's harmfulness gate, if it has one
+    route: bool = False  # rows the gate flags are steered toward refusal (refuse models) instead of left alone
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -65,16 +66,30 @@ class EnergyBundle:
     gate_layer: int | None = None
     gate_threshold: float | None = None
     gate_metrics: dict[str, Any] = field(default_factory=dict)
+    # energy models for the rows the gate flags, trained on harmful prompts only (low energy = refused)
+    refuse_models: dict[int, EnergyMLP] = field(default_factory=dict)
+    refuse_thresholds: dict[int, float] = field(default_factory=dict)
+    refuse_metrics: list[dict[str, Any]] = field(default_factory=list)
     _device_cache: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def frozen(self, layer: int, device: torch.device | str) -> FrozenEnergy:
-        """The layer's energy model prepared for steering on `device`, built once per device.
-
-        The bundle's own models stay where they are; a later set_gate or retraining makes a new bundle."""
-        key = (f"layer{layer}", str(device))
+    def frozen(self, layer: int, device: torch.device | str, *, refuse: bool = False) -> FrozenEnergy:
+        """The layer's energy model (or its refuse model) prepared for steering on `device`, built once
+        per device. The bundle's own models stay where they are."""
+        key = (f"{'refuse' if refuse else 'layer'}{layer}", str(device))
         if key not in self._device_cache:
-            self._device_cache[key] = FrozenEnergy(self.models[layer]).to(device)
+            self._device_cache[key] = FrozenEnergy((self.refuse_models if refuse else self.models)[layer]).to(device)
         return self._device_cache[key]
+
+    def set_refuse(self, result: Any) -> None:
+        """Add refuse models for this bundle's layers from a TrainResult on harmful prompts only."""
+        missing = [layer for layer in self.layers if layer not in result.models]
+        if missing:
+            raise BundleError(f"refuse models were not trained for layers {missing}")
+        thresholds = {r.layer: r.threshold for r in result.results}
+        self.refuse_models = {layer: result.models[layer] for layer in self.layers}
+        self.refuse_thresholds = {layer: thresholds[layer] for layer in self.layers}
+        self.refuse_metrics = result.table()
+        self._device_cache = {k: v for k, v in self._device_cache.items() if not k[0].startswith("refuse")}
 
     def gate_on(self, device: torch.device | str) -> HarmProbe | None:
         if self.gate is None:
@@ -101,6 +116,7 @@ class EnergyBundle:
         h = hashlib.sha256()
         parts = [(f"layer.{layer}", m) for layer, m in sorted(self.models.items())]
         parts += [("gate", self.gate)] if self.gate is not None else []
+        parts += [(f"refuse.{layer}", m) for layer, m in sorted(self.refuse_models.items())]
         for prefix, module in parts:
             for k, v in sorted(module.state_dict().items()):
                 h.update(f"{prefix}.{k}".encode())
@@ -126,6 +142,8 @@ class EnergyBundle:
             self,
             models={k: v for k, v in self.models.items() if k in layers},
             thresholds={k: v for k, v in self.thresholds.items() if k in layers},
+            refuse_models={k: v for k, v in self.refuse_models.items() if k in layers},
+            refuse_thresholds={k: v for k, v in self.refuse_thresholds.items() if k in layers},
         )
 
     @classmethod
@@ -183,6 +201,11 @@ class EnergyBundle:
         }
         if self.gate is not None:
             tensors |= {f"gate.{k}": v.detach().cpu().contiguous() for k, v in self.gate.state_dict().items()}
+        tensors |= {
+            f"refuse.{layer}.{k}": v.detach().cpu().contiguous()
+            for layer, m in self.refuse_models.items()
+            for k, v in m.state_dict().items()
+        }
         tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, path / WEIGHTS)
@@ -202,6 +225,15 @@ class EnergyBundle:
             "gate": None
             if self.gate is None
             else {"layer": self.gate_layer, "threshold": self.gate_threshold, "metrics": self.gate_metrics},
+            "refuse": None
+            if not self.refuse_models
+            else {
+                "layers": {
+                    str(layer): {"widths": list(m.widths), "threshold": self.refuse_thresholds[layer]}
+                    for layer, m in sorted(self.refuse_models.items())
+                },
+                "metrics": self.refuse_metrics,
+            },
         }
         tmp = path / f".{CONFIG}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(config, indent=1, default=_json_default))
@@ -229,21 +261,28 @@ class EnergyBundle:
                 raise
             raise BundleError(f"{cfg_path}: malformed or damaged bundle config ({type(e).__name__}: {e})") from None
 
-    @classmethod
-    def _from_config(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], w_path: Path) -> EnergyBundle:
-        fp = Fingerprint.from_dict(cfg["fingerprint"])
+    @staticmethod
+    def _models(
+        layers: dict[str, Any], tensors: dict[str, torch.Tensor], kind: str, hidden: int, w_path: Path
+    ) -> tuple[dict[int, EnergyMLP], dict[int, float]]:
         models, thresholds = {}, {}
-        for key, info in cfg["layers"].items():
+        for key, info in layers.items():
             layer = int(key)
-            m = EnergyMLP(fp.hidden_size, tuple(info["widths"]))
-            prefix = f"layer.{layer}."
+            m = EnergyMLP(hidden, tuple(info["widths"]))
+            prefix = f"{kind}.{layer}."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise BundleError(f"{w_path}: layer {layer} does not match its config ({e})") from None
+                raise BundleError(f"{w_path}: {kind} {layer} does not match its config ({e})") from None
             models[layer] = m.eval().requires_grad_(False)
             thresholds[layer] = float(info["threshold"])
+        return models, thresholds
+
+    @classmethod
+    def _from_config(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], w_path: Path) -> EnergyBundle:
+        fp = Fingerprint.from_dict(cfg["fingerprint"])
+        models, thresholds = cls._models(cfg["layers"], tensors, "layer", fp.hidden_size, w_path)
         steering = SteerSettings(**cfg.get("steering", {}))
         steering.validate()
         bundle = cls(
@@ -264,6 +303,12 @@ class EnergyBundle:
                 raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
             g = cfg["gate"]
             bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
+        if cfg.get("refuse"):
+            r = cfg["refuse"]
+            bundle.refuse_models, bundle.refuse_thresholds = cls._models(
+                r["layers"], tensors, "refuse", fp.hidden_size, w_path
+            )
+            bundle.refuse_metrics = r.get("metrics", [])
         return bundle
 
 

@@ -207,6 +207,9 @@ def train_cmd(
     steps: Annotated[int, typer.Option(help="default gradient steps per position")] = 3,
     mode: Annotated[str, typer.Option(help="default steering mode: always, gated")] = "always",
     harm_gate: Annotated[bool, typer.Option(help="add a harmfulness gate (sequences it flags are not steered)")] = True,
+    route: Annotated[
+        bool, typer.Option(help="also train refuse models: rows the gate flags are steered toward refusal")
+    ] = False,
 ) -> None:
     """Phase 2: train an energy model per layer, score layers (AUROC), save the best as a bundle."""
     from .bundle import BundleError, SteerSettings
@@ -223,7 +226,9 @@ def train_cmd(
             val_datasets=tuple(val_dataset or ()),
             temperature=temperature,
         )
-        bundle, res = make_bundle(col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate)
+        bundle, res = make_bundle(
+            col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate, route=route
+        )
         out = out or collections[0] / "bundle"
         bundle.save(out)
     except (CollectionError, TrainError, BundleError, ValueError) as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ def make_bundle(
     *,
     harm_gate: bool = True,
     gate_recall: float = 0.97,
+    route: bool = False,
     progress: bool = True,
 ) -> tuple[EnergyBundle, TrainResult]:
     """Train the energy models, keep the best layers, and (by default) add a harmfulness gate fitted on
@@ -100,6 +101,15 @@ def make_bundle(
                 f"{gate.harmful_caught:.0%} of harmful and passes {gate.benign_passed:.0%} of benign "
                 "val prompts"
             )
+    if route:
+        if bundle.gate is None:
+            raise ValueError("route=True needs the harm gate: it decides which rows go toward refusal")
+        refuse = train(col, replace(train_cfg, labels=("harmful",), layers=tuple(bundle.layers)), progress=progress)
+        bundle.set_refuse(refuse)
+        bundle.steering = replace(bundle.steering, route=True)
+        if progress:
+            aucs = ", ".join(f"{r.layer}: {r.val_auroc:.3f}" for r in refuse.results)
+            console.print(f"refuse models (harmful prompts only; refused = good), val AUROC {aucs}")
     return bundle, res
 
 

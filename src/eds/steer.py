@@ -117,11 +117,13 @@ def steer(
     positions: str | int | None = None,
     layers: list[int] | None = None,
     harm_gate: bool | None = None,
+    route: bool | None = None,
 ) -> Iterator[SteerHandle]:
     """Steer generation with an energy bundle inside a `with` block; the model is restored on exit.
 
     Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers,
-    harm_gate overrides them. Nesting is allowed (the steering composes), and so is re-entering."""
+    harm_gate, route overrides them. With `route`, rows the harm gate flags are steered by the
+    bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
     fp = lm.fingerprint if isinstance(lm, LoadedModel) else Fingerprint.of(model)
     bundle.check(fp)
@@ -135,6 +137,7 @@ def steer(
                 "mode": mode,
                 "positions": positions,
                 "harm_gate": harm_gate,
+                "route": route,
             }.items()
             if v is not None
         },
@@ -147,6 +150,14 @@ def steer(
     layer_modules = find_layers(model, lm.layers_attr if isinstance(lm, LoadedModel) else None)[1]
     device = next(model.parameters()).device
     energies = {layer: bundle.frozen(layer, _device_of(layer_modules[layer], device)) for layer in use}
+    route = settings.route and settings.harm_gate and bundle.gate_layer is not None
+    if route and not all(layer in bundle.refuse_models for layer in use):
+        raise BundleError("route=True needs refuse models for the steered layers (train with --route)")
+    refusers = (
+        {layer: bundle.frozen(layer, _device_of(layer_modules[layer], device), refuse=True) for layer in use}
+        if route
+        else {}
+    )
     phase = _Phase()
     limit = {"prompt": 0, "all": None}.get(settings.positions, settings.positions)  # type: ignore[arg-type]
 
@@ -167,6 +178,8 @@ def steer(
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
         gate = threshold if settings.mode == "gated" else None
+        refuser = refusers.get(layer)
+        refuse_gate = bundle.refuse_thresholds.get(layer) if settings.mode == "gated" else None
 
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
             if not phase.steering:
@@ -181,6 +194,16 @@ def steer(
                 threshold=gate,
                 active=None if phase.allow is None else phase.allow.to(last.device),
             )
+            if refuser is not None and phase.allow is not None:  # flagged rows: toward refusal
+                new_last, moved_r = steer_states(
+                    new_last,
+                    refuser,
+                    eta=settings.eta,
+                    steps=settings.steps,
+                    threshold=refuse_gate,
+                    active=~phase.allow.to(last.device),
+                )
+                moved = moved | moved_r
             if phase.stats.moved is not None:
                 phase.stats.moved += moved.to(phase.stats.moved.device)
             if hidden.shape[1] == 1:

@@ -38,6 +38,7 @@ class TrainConfig:
     patience: int = 100  # steps without a better validation AUROC before stopping
     val_fraction: float = 0.2
     val_datasets: tuple[str, ...] = ()  # sources kept out of training entirely, scored on
+    labels: tuple[str, ...] | None = None  # train on prompts of these labels only (e.g. harmful: refuse models)
     seed: int = 0
 
     def validate(self, num_layers: int) -> None:
@@ -177,6 +178,9 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
     cfg.validate(col.num_layers)
     records = col.records
     train_rows, val_rows = split_rows(records, cfg)
+    if cfg.labels is not None:
+        train_rows = [i for i in train_rows if records[i]["label"] in cfg.labels]
+        val_rows = [i for i in val_rows if records[i]["label"] in cfg.labels]
     for name, rows in (("training", train_rows), ("validation", val_rows)):
         outcomes = {records[i]["outcome"] for i in rows}
         for cls in ("good", "bad"):
