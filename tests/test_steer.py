@@ -341,9 +341,8 @@ def test_route_steers_flagged_rows_with_the_refuse_models(tiny, tmp_path):
         torch.equal(loaded.refuse_models[1].state_dict()[k], v) for k, v in refusers.models[1].state_dict().items()
     )
     assert loaded.subset([2]).refuse_models.keys() == {2}
-    with pytest.raises(BundleError, match="refuse models"):
-        with steer(tiny, _gated(tiny, probe, threshold), route=True):  # a gate but no refuse models
-            pass
+    with pytest.raises(BundleError, match="refuse models"), steer(tiny, _gated(tiny, probe, threshold), route=True):
+        pass  # a gate but no refuse models
 
 
 def _gated(lm, probe, threshold):

@@ -123,7 +123,8 @@ def steer(
 
     Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers,
     harm_gate, route overrides them. With `route`, rows the harm gate flags are steered by the
-    bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the steering composes), and so is re-entering."""
+    bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the
+    steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
     fp = lm.fingerprint if isinstance(lm, LoadedModel) else Fingerprint.of(model)
     bundle.check(fp)
