@@ -279,6 +279,21 @@ def test_collections_read_as_one(tmp_path, tiny):
     assert not valid[: len(ca.records), 2].any() and torch.equal(valid[len(ca.records) :], cb.gen_valid())
     assert torch.equal(u.good(), torch.cat([ca.good(), cb.good()]))
     assert open_collections([tmp_path / "a"]).records == ca.records
+    # the same prompt text under another dataset name is read once (the first time)
+    d = tmp_path / "dup.jsonl"
+    d.write_text(
+        "".join(json.dumps({"id": f"d{i}", "prompt": p, "label": "benign"}) + "\n" for i, p in enumerate(BENIGN[:2]))
+    )
+    collect(
+        tiny,
+        tmp_path / "d",
+        CollectConfig(data=(str(d),), max_new_tokens=4, gen_tokens=2),
+        judge=KeywordJudge(),
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="2 prompts already read"):
+        ud = open_collections([tmp_path / "b", tmp_path / "d"])
+    assert ud.records == cb.records and ud.complete and torch.equal(ud.states(0), cb.states(0))
     with pytest.raises(CollectionError, match="in both"):
         open_collections([tmp_path / "a", tmp_path / "a"])
     other = KeywordJudge()

@@ -269,9 +269,14 @@ class CollectionUnion(Collection):
     kept fewer generated positions are zero-padded and marked invalid there."""
 
     parts: list[Collection] = field(default_factory=list)
+    keep: list[list[int]] = field(default_factory=list)  # rows of each part that are read
+
+    @property
+    def complete(self) -> bool:
+        return all(p.complete for p in self.parts)
 
     def _cat(self, name: str) -> torch.Tensor:
-        ts = [p._cat(name) for p in self.parts]
+        ts = [p._cat(name)[rows] for p, rows in zip(self.parts, self.keep, strict=True)]
         if ts[0].dim() > 1:
             width = max(t.shape[1] for t in ts)
             ts = [torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1], *t.shape[2:])], 1) for t in ts]
@@ -287,6 +292,8 @@ def open_collections(paths: Sequence[str | Path]) -> Collection:
         return cols[0]
     first = cols[0]
     seen: dict[str, Path] = {}
+    texts: set[str] = set()
+    keep: list[list[int]] = []
     for c in cols:
         diff = first.fingerprint.mismatches(c.fingerprint)
         if diff:
@@ -301,13 +308,23 @@ def open_collections(paths: Sequence[str | Path]) -> Collection:
             if key in seen:
                 raise CollectionError(f"prompt {key} is in both {seen[key]} and {c.path}; a prompt may be in one only")
             seen[key] = c.path
+        # the same prompt under two datasets (alpaca_scary is a view of alpaca): read it once
+        rows = [i for i, r in enumerate(c.records) if r["prompt"] not in texts]
+        if len(rows) < len(c.records):
+            warnings.warn(
+                f"{c.path}: {len(c.records) - len(rows)} prompts already read from an earlier collection; skipped",
+                stacklevel=2,
+            )
+        texts.update(r["prompt"] for r in c.records)
+        keep.append(rows)
     manifest = {
         **first.manifest,
         "config": [c.manifest.get("config") for c in cols],
         "union": [str(c.path) for c in cols],
-        "plan": [k for c in cols for k in c.manifest["plan"]],
     }
-    return CollectionUnion(path=first.path, manifest=manifest, records=[r for c in cols for r in c.records], parts=cols)
+    records = [c.records[i] for c, rows in zip(cols, keep, strict=True) for i in rows]
+    manifest["plan"] = [r["key"] for r in records]
+    return CollectionUnion(path=first.path, manifest=manifest, records=records, parts=cols, keep=keep)
 
 
 def label_counts(records: Sequence[dict[str, Any]]) -> dict[str, Counter]:
