@@ -17,6 +17,7 @@ Run from the repository root: python scripts/write_contrast.py
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -477,8 +478,13 @@ def rows():
                 if not prompt:
                     continue
                 n += 1
-                yield {"id": f"contrast-{n:04d}", "prompt": prompt, "label": label,
-                       "category": category, "split": split_of(prompt)}
+                yield {
+                    "id": f"contrast-{n:04d}",
+                    "prompt": prompt,
+                    "label": label,
+                    "category": category,
+                    "split": split_of(prompt),
+                }
 
 
 def validate(path: Path) -> None:
@@ -507,10 +513,35 @@ def validate(path: Path) -> None:
         print(f"  {label:8s} {'ALL':22s} train {tr:3d}  val {va:3d}  total {tr + va:3d}")
 
 
+def _words(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z0-9 ]", "", text.lower()).split())
+
+
+def too_close_to_test(rows: list[dict], threshold: float = 0.5) -> set[str]:
+    """Ids of prompts whose word sets overlap a test prompt (XSTest, OKTest) by Jaccard >= threshold.
+
+    The prompts were written without reading the test sets, but short requests on the same topics
+    can still come out nearly the same; those are dropped so no test prompt has a near-twin in training."""
+    test = []
+    for name in ("xstest", "oktest"):
+        with (OUT.parent / f"{name}.jsonl").open(encoding="utf-8") as f:
+            test += [_words(json.loads(line)["prompt"]) for line in f]
+    close = set()
+    for r in rows:
+        w = _words(r["prompt"])
+        if any(len(w & t) / len(w | t) >= threshold for t in test):
+            close.add(r["id"])
+    return close
+
+
 def main() -> None:
+    all_rows = list(rows())
+    drop = too_close_to_test(all_rows)
     with OUT.open("w", encoding="utf-8") as f:
-        for row in rows():
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for row in all_rows:
+            if row["id"] not in drop:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"dropped {len(drop)} prompts within word-overlap 0.5 of an XSTest/OKTest prompt")
     validate(OUT)
 
 
