@@ -6,7 +6,7 @@ from eds.bundle import EnergyBundle
 from eds.evaluate import DatasetResult, EvalResult
 from eds.metrics import Rate
 from eds.testing import random_bundle
-from eds.tune import TuneConfig, best_layers, pick, score, tune
+from eds.tune import TuneConfig, best_layers, candidates, pick, score, tune
 
 
 def result(**refusals):
@@ -33,6 +33,9 @@ def test_best_layers_by_val_auroc(tiny):
     b.metrics = [{"layer": 0, "val_auroc": 0.7}, {"layer": 1, "val_auroc": 0.9}, {"layer": 2, "val_auroc": 0.8}]
     assert best_layers(b, None) == [0, 1, 2] and best_layers(b, 2) == [1, 2] and best_layers(b, 1) == [1]
     assert b.subset([1]).layers == [1]
+    cands = candidates(TuneConfig(etas=(0.05, 0.1), top_k=(None, 1), route=(False, True)), b)
+    assert len(cands) == 8 and {c.route for c in cands} == {False, True}
+    assert {tuple(c.layers) for c in cands} == {(0, 1, 2), (1,)} and "route=on" in cands[1].name
 
 
 def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):

@@ -429,6 +429,7 @@ def tune_cmd(
     steps: Annotated[list[int] | None, typer.Option(help="step counts to try (repeatable)")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="always and/or gated (repeatable)")] = None,
     top_k: Annotated[list[int] | None, typer.Option(help="use the bundle's k best layers (repeatable)")] = None,
+    route: Annotated[list[str] | None, typer.Option(help="on/off: flagged rows toward refusal (repeatable)")] = None,
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
@@ -445,6 +446,10 @@ def tune_cmd(
     for name, values in (("etas", eta), ("steps", steps), ("modes", mode), ("top_k", top_k), ("val_sets", val_set)):
         if values:
             setattr(cfg, name, tuple(values))
+    if route:
+        if not set(route) <= {"on", "off"}:
+            _fail(f"--route takes on or off, not {route}")
+        cfg.route = tuple(r == "on" for r in route)
     lm, b = _load_for_steering(model, bundle, dtype, device, None)
     try:
         res = tune(lm, b, cfg, bundle_path=bundle if save else None)

@@ -21,6 +21,7 @@ from .models import LoadedModel
 
 VAL_SETS = (
     "orbench_hard:val",
+    "contrast:val",
     "alpaca_scary:val:40",
     "alpaca:val:40",
     "advbench:val",
@@ -38,6 +39,7 @@ class TuneConfig:
     modes: tuple[str, ...] = ("always",)
     top_k: tuple[int | None, ...] = (None,)  # None: all the bundle's layers; k: its k best by val AUROC
     harm_gate: tuple[bool | None, ...] = (None,)  # None: as saved in the bundle
+    route: tuple[bool | None, ...] = (None,)  # flagged rows toward refusal (needs refuse models); None: as saved
     margin: float = 0.01
     max_new_tokens: int = 40
     batch_size: int = 16
@@ -52,11 +54,14 @@ class Candidate:
     mode: str
     layers: list[int]
     harm_gate: bool | None
+    route: bool | None = None
 
     @property
     def name(self) -> str:
         gate = "" if self.harm_gate is None else f" gate={'on' if self.harm_gate else 'off'}"
-        return f"eta={self.eta} steps={self.steps} {self.mode} layers={','.join(map(str, self.layers))}{gate}"
+        route = "" if self.route is None else f" route={'on' if self.route else 'off'}"
+        layers = ",".join(map(str, self.layers))
+        return f"eta={self.eta} steps={self.steps} {self.mode} layers={layers}{gate}{route}"
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -82,8 +87,10 @@ def best_layers(bundle: EnergyBundle, k: int | None) -> list[int]:
 
 def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
     return [
-        Candidate(eta, steps, mode, best_layers(bundle, k), gate)
-        for eta, steps, mode, k, gate in itertools.product(cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate)
+        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route)
+        for eta, steps, mode, k, gate, route in itertools.product(
+            cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate, cfg.route
+        )
     ]
 
 
@@ -167,6 +174,7 @@ def tune(
             steps=chosen.steps,
             mode=chosen.mode,
             **({"harm_gate": chosen.harm_gate} if chosen.harm_gate is not None else {}),
+            **({"route": chosen.route} if chosen.route is not None else {}),
         )
         if chosen.layers != bundle.layers:
             bundle = bundle.subset(chosen.layers)
