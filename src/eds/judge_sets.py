@@ -154,6 +154,18 @@ def load_labelled_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def split_halves(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A fixed dev/eval split by prompt (the id before ':'), so both replies to one prompt fall on one side:
+    phrases may be chosen on dev, numbers reported on eval. Decided by a hash, not by order or content."""
+    import hashlib
+
+    dev, ev = [], []
+    for r in rows:
+        group = str(r["id"]).split(":")[0]
+        (dev if hashlib.sha256(group.encode()).digest()[0] % 2 == 0 else ev).append(r)
+    return dev, ev
+
+
 def pyrit_rows(download: bool = False) -> list[dict[str, Any]]:
     """Both PyRIT files (169 rows), from the asset cache."""
     from . import assets
@@ -175,6 +187,7 @@ def builtin_sets(download: bool = False, *, tests_data: str | Path | None = None
         "pyrit-off-topic": [r for r in pyrit if r["kind"] == "off_topic"],
         "uncensorbench": load_uncensorbench(assets.path("uncensorbench", download=download)),
     }
+    sets["uncensorbench-dev"], sets["uncensorbench-eval"] = split_halves(sets["uncensorbench"])
     if tests_data is not None:
         sets["qwen05-eval"] = load_labelled_jsonl(Path(tests_data) / "judge_eval_qwen05.jsonl")
         sets["qwen05-dev"] = load_labelled_jsonl(Path(tests_data) / "judge_dev_qwen05.jsonl")
@@ -212,11 +225,18 @@ class TableRow:
         }
 
 
-def judge_table(judges: Sequence[Judge], sets: Mapping[str, Sequence[dict[str, Any]]]) -> list[TableRow]:
-    """Every judge on every set, set by set; `seconds` is the judge's wall time on that set."""
+def judge_table(
+    judges: Sequence[Judge],
+    sets: Mapping[str, Sequence[dict[str, Any]]],
+    skip: Callable[[str, str], bool] | None = None,
+) -> list[TableRow]:
+    """Every judge on every set, set by set, except where `skip(judge_name, set_name)`; `seconds` is the
+    judge's wall time on that set (for slow judges, to spend model time only where it tells something)."""
     table = []
     for set_name, rows in sets.items():
         for judge in judges:
+            if skip is not None and skip(getattr(judge, "name", ""), set_name):
+                continue
             t = time.perf_counter()
             s = judge_scores(judge, rows)
             table.append(TableRow(set_name, s.judge, s, time.perf_counter() - t))
