@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel
 
 #: The rubric the judge was first specified with. On the default model it is inverted (refusals get the lower
@@ -110,7 +111,8 @@ class LLMJudge:
                 rec = json.loads(line)
                 self._cache[str(rec["key"])] = float(rec["score"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                if n == len(lines):  # a last line cut by a killed run: scored again
+                if n == len(lines):  # a last line cut by a killed run: dropped, so appends start on a new line
+                    write_text_atomic(path, "".join(line + "\n" for line in lines[:-1]))
                     break
                 raise ValueError(f"{path}, line {n}: not a score record ({e})") from None
 
@@ -182,7 +184,8 @@ class LLMJudge:
         return out
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        return [s > self.threshold for s in self.scores(prompts, responses)]
+        scores = self.scores(prompts, responses)
+        return [not r.strip() or s > self.threshold for r, s in zip(responses, scores, strict=True)]
 
 
 @dataclass
