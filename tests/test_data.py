@@ -119,3 +119,13 @@ def test_stratified_limit_keeps_every_source():
 
 def test_default_mixture_uses_no_test_split():
     assert {r.split for r in data.load_many(data.DEFAULT_MIXTURE)} == {"train"}
+
+
+def test_load_many_keeps_a_prompt_text_once():
+    from eds.data import load, load_many
+
+    scary = load("alpaca_scary:train")
+    both = load_many(["alpaca:train", "alpaca_scary:train"])
+    texts = [p.prompt for p in both]
+    assert len(texts) == len(set(texts)) == len(load("alpaca:train"))
+    assert all(p.dataset == "alpaca" for p in both) and scary

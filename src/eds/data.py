@@ -163,14 +163,19 @@ def load(spec: str, *, seed: int = 0) -> list[Prompt]:
 
 
 def load_many(specs: Iterable[str], *, seed: int = 0) -> list[Prompt]:
-    """Load several specs; the same prompt key twice is an error, not a silent double count."""
+    """Load several specs; the same prompt key twice is an error, not a silent double count. The same
+    prompt text under two datasets (alpaca_scary is a view of alpaca) is kept once, the first time."""
     out: list[Prompt] = []
     seen: set[str] = set()
+    texts: set[str] = set()
     for spec in specs:
         for r in load(spec, seed=seed):
             if r.key in seen:
                 raise DataError(f"{spec!r}: prompt {r.key} is already in the mixture")
             seen.add(r.key)
+            if r.prompt in texts:
+                continue
+            texts.add(r.prompt)
             out.append(r)
     return out
 
@@ -183,6 +188,10 @@ DEFAULT_MIXTURE: tuple[str, ...] = (
     "orbench_hard:train",
     "alpaca:train:400",
 )
+#: What the best bundle so far was trained on (docs/results.md): the default mixture plus short benign
+#: prompts with harm-sounding words (alpaca_scary) and the contrast set (benign ones in a safe sense
+#: and minimal harmful contrasts).
+RECIPE_MIXTURE: tuple[str, ...] = (*DEFAULT_MIXTURE, "alpaca_scary:train", "contrast:train")
 
 
 def stratified_limit(prompts: list[Prompt], limit: int, *, seed: int = 0) -> list[Prompt]:
