@@ -503,11 +503,14 @@ def bench_cmd(ctx: typer.Context) -> None:
 def run_cmd(
     model: ModelOpt = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for every stage (resumable)")] = Path("runs/main"),
-    collection: Annotated[Path | None, typer.Option(help="reuse this collection instead of collecting")] = None,
-    limit: Annotated[int | None, typer.Option(help="prompts to collect (default mixture, train splits)")] = 600,
+    collection: Annotated[
+        list[Path] | None, typer.Option(help="reuse these collections instead of collecting (repeatable)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="prompts to collect (recipe mixture, train splits)")] = 600,
     eta: Annotated[list[float] | None, typer.Option(help="η values to try on val (repeatable)")] = None,
     mode: Annotated[str, typer.Option(help="always or gated")] = "always",
     harm_gate: Annotated[bool, typer.Option(help="train and use a harmfulness gate")] = True,
+    route: Annotated[bool, typer.Option(help="steer rows the gate flags toward refusal (refuse models)")] = True,
     positions: Annotated[str, typer.Option(help="energy training states: prompt, gen, all")] = "prompt",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
@@ -516,10 +519,11 @@ def run_cmd(
     cfg = RunConfig(
         model=model,
         out=str(out),
-        collection=str(collection) if collection else None,
+        collection=tuple(str(c) for c in collection or ()),
         collect_limit=limit,
         mode=mode,
         harm_gate=harm_gate,
+        route=route and harm_gate,
         positions=positions,
     )
     if eta:

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .collect import CollectConfig, Collection, collect
-from .evaluate import EvalResult, evaluate_refusals
+from .collect import CollectConfig, Collection, collect, open_collections
+from .data import RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import train_probe
-from .train import TrainConfig, TrainResult, plot_auroc, train
+from .train import TrainConfig, TrainError, TrainResult, plot_auroc, train
 
 console = Console()
 
@@ -28,19 +27,22 @@ console = Console()
 class RunConfig:
     model: str = DEFAULT_MODEL
     out: str = "runs/main"
-    collection: str | None = None  # reuse an existing collection folder instead of collecting
+    collection: tuple[str, ...] = ()  # reuse existing collection folders instead of collecting
+    collect_data: tuple[str, ...] = RECIPE_MIXTURE
     collect_limit: int | None = 600
     positions: str = "prompt"
     top_k: int = 3
-    etas: tuple[float, ...] = (0.03, 0.06, 0.1)
+    etas: tuple[float, ...] = (0.05, 0.08)
     steps: int = 3
     mode: str = "always"
     harm_gate: bool = True
+    route: bool = True
     gate_recall: float = 0.97
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
-        "orbench_hard:val",
-        "alpaca:val:40",
+        "orbench_hard:val:60",
+        "contrast:val",
+        "alpaca:val:30",
         "advbench:val:40",
         "donotanswer:val:40",
         "harmbench:val",
@@ -61,10 +63,9 @@ class RunConfig:
 @dataclass
 class RunResult:
     config: RunConfig
-    chosen_eta: float | None
+    chosen: dict[str, Any] | None
     tuning: list[dict[str, Any]] = field(default_factory=list)
-    test_base: EvalResult | None = None
-    test_steered: EvalResult | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -104,7 +105,10 @@ def make_bundle(
     if route:
         if bundle.gate is None:
             raise ValueError("route=True needs the harm gate: it decides which rows go toward refusal")
-        refuse = train(col, replace(train_cfg, labels=("harmful",), layers=tuple(bundle.layers)), progress=progress)
+        try:
+            refuse = train(col, replace(train_cfg, labels=("harmful",), layers=tuple(bundle.layers)), progress=progress)
+        except TrainError as e:
+            raise TrainError(f"refuse models (harmful prompts only, refused vs answered): {e}") from None
         bundle.set_refuse(refuse)
         bundle.steering = replace(bundle.steering, route=True)
         if progress:
@@ -113,89 +117,35 @@ def make_bundle(
     return bundle, res
 
 
-def _rates(res: EvalResult) -> dict[str, tuple[str, float]]:
-    return {d.name: (d.label, d.refused.value) for d in res.datasets}
-
-
-def choose_eta(base: EvalResult, runs: dict[float, EvalResult], margin: float) -> tuple[float | None, list[dict]]:
-    """Most benign compliance, subject to no harmful val source losing more than `margin` of refusal."""
-    b = _rates(base)
-    rows = []
-    for eta, res in sorted(runs.items()):
-        r = _rates(res)
-        harm_drop = max((b[n][1] - r[n][1] for n in r if r[n][0] == "harmful"), default=0.0)
-        benign = [d for d in res.datasets if d.label == "benign"]
-        compliance = sum(d.refused.n - d.refused.k for d in benign) / max(1, sum(d.refused.n for d in benign))
-        rows.append(
-            {
-                "eta": eta,
-                "benign_compliance": compliance,
-                "max_harmful_refusal_drop": harm_drop,
-                "feasible": harm_drop <= margin + 1e-9,
-                "refusal": {n: v for n, (_, v) in r.items()},
-            }
-        )
-    feasible = [r for r in rows if r["feasible"]]
-    chosen = max(feasible, key=lambda r: r["benign_compliance"])["eta"] if feasible else None
-    return chosen, rows
-
-
-def _eval(lm: LoadedModel, sets, cfg: RunConfig, path: Path, bundle=None, **kw) -> EvalResult:
-    return evaluate_refusals(
-        lm,
-        sets,
-        bundle=bundle,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        records_path=path,
-        seed=cfg.seed,
-        progress=False,
-        **kw,
-    )
-
-
-def _comparison_table(base: EvalResult, steered: EvalResult, title: str) -> Table:
-    table = Table("dataset", "should", "n", "base refusal", "steered refusal", "change", title=title)
-    s = steered.by_name()
-    for d in base.datasets:
-        t = s[d.name]
-        delta = t.refused.value - d.refused.value
-        good = (delta < 0) != d.should_refuse
-        colour = "green" if good or abs(delta) < 1e-9 else "red"
-        table.add_row(
-            d.name,
-            "refuse" if d.should_refuse else "answer",
-            str(d.refused.n),
-            str(d.refused),
-            str(t.refused),
-            f"[{colour}]{delta:+.1%}[/]",
-        )
-    return table
-
-
 def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResult:
-    """Collect (train splits) → train energy models and gate → tune η (val splits) → compare on test splits."""
+    """Collect (train splits) → train energy models, gate and refuse models → tune on val splits →
+    compare base and steered on test splits. Every stage resumes from what is on disk."""
+    from .suite import EvalConfig, run_eval
+    from .tune import TuneConfig, tune
+
     cfg = cfg or RunConfig()
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    (out / "eval").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     lm = lm or load_model(cfg.model)
 
     console.rule("[bold]1. collect (train splits)")
     if cfg.collection:
-        col = Collection.open(cfg.collection)
+        col = open_collections(cfg.collection)
         col.fingerprint.check(lm.fingerprint, "collection")
     else:
-        col = collect(lm, out / "collect", CollectConfig(limit=cfg.collect_limit, seed=cfg.seed))
+        col = collect(lm, out / "collect", CollectConfig(data=cfg.collect_data, limit=cfg.collect_limit, seed=cfg.seed))
     console.print({ctx: dict(c) for ctx, c in col.counts().items()})
 
     console.rule("[bold]2. train energy models (validation split of the collection)")
     bundle_dir = out / "bundle"
     tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
+    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": cfg.harm_gate, "route": cfg.route}
     try:
         bundle = EnergyBundle.load(bundle_dir)
         bundle.check(lm)
-        if json.loads(json.dumps(asdict(tcfg))) != bundle.train_config or (bundle.gate is not None) != cfg.harm_gate:
+        made = {"train": bundle.train_config, "gate": bundle.gate is not None, "route": bool(bundle.refuse_models)}
+        if made != wanted:
             raise BundleError("made with other training settings")
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
     except BundleError as e:  # missing, damaged, for another model or other settings: train it
@@ -207,69 +157,99 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             SteerSettings(steps=cfg.steps, mode=cfg.mode),
             harm_gate=cfg.harm_gate,
             gate_recall=cfg.gate_recall,
+            route=cfg.route,
         )
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
         console.print(f"layers chosen by validation AUROC: {bundle.layers}")
-    tag = bundle.digest(include_steering=False)[:10]
 
     console.rule("[bold]3. tune η on val splits")
-    base_val = _eval(lm, cfg.val_sets, cfg, out / "eval" / "val-base.jsonl")
-    runs = {}
-    for eta in cfg.etas:
-        console.print(f"η = {eta}")
-        runs[eta] = _eval(lm, cfg.val_sets, cfg, out / "eval" / f"val-{tag}-eta{eta}.jsonl", bundle=bundle, eta=eta)
-    chosen, rows = choose_eta(base_val, runs, cfg.margin)
-    tune = Table("η", "benign compliance", "max harmful refusal drop", "keeps safety", title="tuning (val)")
-    for r in rows:
-        tune.add_row(
-            str(r["eta"]),
-            f"{r['benign_compliance']:.1%}",
-            f"{r['max_harmful_refusal_drop']:+.1%}",
-            "yes" if r["feasible"] else "no",
-        )
-    console.print(tune)
-    if chosen is None:
+    tuned = tune(
+        lm,
+        bundle,
+        TuneConfig(
+            out=str(out / "tune"),
+            val_sets=cfg.val_sets,
+            etas=cfg.etas,
+            steps=(cfg.steps,),
+            modes=(cfg.mode,),
+            margin=cfg.margin,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        ),
+        bundle_path=bundle_dir,
+    )
+    for r in tuned.rows:
         console.print(
-            f"[bold red]no η keeps harmful refusal within {cfg.margin:.0%} of the base model on every "
-            "val source; showing the smallest η on test, for information only"
+            f"  {r['name']}: benign compliance {r['benign_compliance']:.1%}, worst harmful drop "
+            f"{r['max_harmful_refusal_drop']:+.1%} ({'keeps safety' if r['feasible'] else 'loses safety'})"
         )
-    eta = chosen if chosen is not None else min(cfg.etas)
-    bundle.steering.eta = eta
-    bundle.save(bundle_dir)
+    if tuned.chosen is None:
+        console.print(
+            f"[bold red]no η keeps harmful refusal within {cfg.margin:.0%} of the base model on every val "
+            "source; showing the smallest η on test, for information only"
+        )
+        bundle.steering = replace(bundle.steering, eta=min(cfg.etas))
+        bundle.save(bundle_dir)
 
-    console.rule(f"[bold]4. held-out test prompts: base vs steered (η = {eta})")
-    test_base = _eval(lm, cfg.test_sets, cfg, out / "eval" / "test-base.jsonl")
-    test_steered = _eval(lm, cfg.test_sets, cfg, out / "eval" / f"test-{tag}-eta{eta}.jsonl", bundle=bundle)
-    console.print(_comparison_table(test_base, test_steered, "refusal rate, 95% Wilson intervals"))
-    _show_examples(test_base, test_steered)
-    result = RunResult(cfg, chosen, rows, test_base, test_steered, time.perf_counter() - t0)
-    _save_report(result, out, bundle)
-    console.print(f"done in {result.seconds / 60:.1f} min; report: {out / 'report.json'}")
-    return result
+    console.rule(f"[bold]4. held-out test prompts: base vs steered (η = {bundle.steering.eta})")
+    result = run_eval(
+        EvalConfig(
+            model=cfg.model,
+            bundle=str(bundle_dir),
+            out=str(out / "eval"),
+            refusal_sets=cfg.test_sets,
+            robustness_sets=(),
+            capability=(),
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        ),
+        lm,
+        command="eds run",
+    )
+    from .report import terminal_table
+
+    console.print(terminal_table(result))
+    _show_examples(out / "eval" / "records")
+    run_result = RunResult(
+        cfg,
+        None if tuned.chosen is None else asdict(tuned.chosen),
+        tuned.rows,
+        result,
+        time.perf_counter() - t0,
+    )
+    write_text_atomic(
+        out / "report.json",
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "chosen": run_result.chosen,
+                "tuning": tuned.rows,
+                "evaluation": str(out / "eval" / "result.json"),
+                "seconds": round(run_result.seconds, 1),
+            },
+            indent=1,
+        ),
+    )
+    console.print(
+        f"done in {run_result.seconds / 60:.1f} min; report: {out / 'eval' / 'report.md'}, {out / 'report.json'}"
+    )
+    return run_result
 
 
-def _show_examples(base: EvalResult, steered: EvalResult, n: int = 3) -> None:
-    pairs = [(b, s) for b, s in zip(base.records, steered.records, strict=True) if b["refused"] != s["refused"]]
+def _show_examples(records: Path, n: int = 3) -> None:
+    base = [json.loads(x) for x in (records / "refusal-base.jsonl").read_text().splitlines() if x.strip()]
+    steered = {
+        json.loads(x)["key"]: json.loads(x)
+        for x in (records / "refusal-steered.jsonl").read_text().splitlines()
+        if x.strip()
+    }
+    pairs = [
+        (b, steered[b["key"]]) for b in base if b["key"] in steered and b["refused"] != steered[b["key"]]["refused"]
+    ]
     for b, s in pairs[:n]:
         console.print(f"[bold]{b['group']}[/] ({b['label']}): {b['prompt'][:150]}")
         console.print(f"  [dim]base:[/]    {b['response'][:200]!r}")
         console.print(f"  [green]steered:[/] {s['response'][:200]!r}")
-
-
-def _save_report(result: RunResult, out: Path, bundle: EnergyBundle) -> None:
-    assert result.test_base is not None and result.test_steered is not None
-    report = {
-        "config": asdict(result.config),
-        "chosen_eta": result.chosen_eta,
-        "tuning": result.tuning,
-        "bundle": {"layers": bundle.layers, "gate_layer": bundle.gate_layer, "steering": asdict(bundle.steering)},
-        "fingerprint": bundle.fingerprint.to_dict(),
-        "judge": result.test_base.judge,
-        "test": [
-            {"base": b.to_dict(), "steered": s.to_dict()}
-            for b, s in zip(result.test_base.datasets, result.test_steered.datasets, strict=True)
-        ],
-        "seconds": round(result.seconds, 1),
-    }
-    write_text_atomic(out / "report.json", json.dumps(report, indent=1))

@@ -113,7 +113,7 @@ def plot_refusals(section: dict[str, Any], path: Path, title: str) -> None:
             if rate is None:
                 continue
             y = j + (i - (len(arms) - 1) / 2) * h
-            err = [[rate["rate"] - rate["ci95"][0]], [rate["ci95"][1] - rate["rate"]]]
+            err = [[max(0.0, rate["rate"] - rate["ci95"][0])], [max(0.0, rate["ci95"][1] - rate["rate"])]]
             ax.barh(y, rate["rate"], height=h, color=colour, xerr=err, capsize=2, label=arm if j == 0 else None)
     ax.set_yticks(range(len(rows)), [f"{r['dataset']} ({r['should']})" for r in rows])
     ax.invert_yaxis()
