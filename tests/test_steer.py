@@ -349,3 +349,25 @@ def _gated(lm, probe, threshold):
     b = make_bundle(lm, layers=(1,))
     b.set_gate(probe, 1, threshold)
     return b
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_steer_states_compiles_as_one_graph(gated):
+    """torch.compile captures the whole steering step without a graph break (what CUDA graphs and
+    fusion need); backend="eager" checks the capture without paying for code generation."""
+    import torch._dynamo
+
+    from eds.energy import FrozenEnergy
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mlp = EnergyMLP(32, (16, 8))
+    mlp.set_input_stats(torch.randn(64, 32))
+    energy = FrozenEnergy(mlp.eval())
+    h = torch.randn(5, 32, dtype=torch.bfloat16)
+    active = torch.tensor([True, False, True, True, False])
+    kw = dict(eta=0.1, steps=3, threshold=0.0 if gated else None, active=active if gated else None)
+    compiled = torch.compile(steer_states, fullgraph=True, backend="eager")
+    got, moved = compiled(h, energy, **kw)
+    want, want_moved = steer_states(h, energy, **kw)
+    assert torch.equal(got, want) and torch.equal(moved, want_moved)
