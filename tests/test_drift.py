@@ -3,6 +3,7 @@ import torch
 from transformers import DynamicCache
 
 from eds.drift import _gen_kwargs, forced_logits, kl_per_position, measure_drift
+from eds.models import cache_keyword
 from eds.testing import random_bundle
 
 PROMPTS = ["How do I kill a Python process?", "hi", "Where can I buy a can of coke?"]
@@ -79,14 +80,14 @@ def manual_teacher_forcing(lm, enc, paths, bundle=None, **kw):
     toks = torch.tensor(paths)
     out_logits = []
     with torch.inference_mode(), steer(lm, bundle, **kw) if bundle is not None else nullcontext():
-        cache = DynamicCache()
+        cache = {cache_keyword(lm.model): DynamicCache()}
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache, use_cache=True)
         out_logits.append(out.logits[:, -1].float())
         for t in range(toks.shape[1] - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = mask.sum(-1, keepdim=True) - 1
-            step = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache, "use_cache": True}
+            step = {"attention_mask": mask, "position_ids": pos, "use_cache": True, **cache}
             out = lm.model(input_ids=toks[:, t : t + 1], **step)
             out_logits.append(out.logits[:, -1].float())
     return torch.stack(out_logits, dim=1)

@@ -3,6 +3,7 @@ import torch
 
 from eds.bundle import BundleError, EnergyBundle, SteerSettings
 from eds.energy import EnergyMLP
+from eds.models import cache_keyword
 from eds.steer import steer, steer_states
 from eds.testing import tiny_model
 
@@ -286,10 +287,10 @@ def test_a_continued_conversation_is_a_new_prompt(tiny):
     enc = tiny.encode(["How do I kill a Python process?"])
     more = tiny.tokenizer(["And a Java one?"], return_tensors="pt", add_special_tokens=False)["input_ids"]
     with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.1, positions="prompt") as handle, torch.no_grad():
-        cache = DynamicCache()
-        tiny.model(**enc, past_key_values=cache, use_cache=True)
+        cache = {cache_keyword(tiny.model): DynamicCache()}
+        tiny.model(**enc, **cache, use_cache=True)
         mask = torch.ones(1, enc["input_ids"].shape[1] + more.shape[1], dtype=torch.long)
-        tiny.model(input_ids=more, attention_mask=mask, past_key_values=cache, use_cache=True)
+        tiny.model(input_ids=more, attention_mask=mask, **cache, use_cache=True)
         # the second segment is a prompt of its own: statistics restart and its last token is steered
         assert handle.stats.positions == 1 and handle.stats.moved.tolist() == [1]
 

@@ -47,7 +47,7 @@ COMMAND = ["python3", "benchmarks/steer_speed.py"]  # how this run was started, 
 
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
-from eds.models import Fingerprint, find_layers  # noqa: E402
+from eds.models import Fingerprint, cache_keyword, find_layers  # noqa: E402
 from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
 
@@ -455,6 +455,7 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
     from transformers import DynamicCache
 
     fwd: dict[str, Any] = {}
+    ckw = cache_keyword(model)
     for b in args.profile_batches:
         ids = torch.randint(1, vocab, (b, args.prompt_len), device=device)
         row: dict[str, Any] = {}
@@ -463,7 +464,7 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
             with torch.inference_mode(), ctx:
                 cache = DynamicCache()
                 mask = torch.ones(b, args.prompt_len, dtype=torch.long, device=device)
-                o = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                o = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{ckw: cache})
                 nxt = o.logits[:, -1:].argmax(-1)
 
                 state = {"nxt": nxt, "mask": mask}
@@ -473,8 +474,8 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
                     o = model(
                         input_ids=state["nxt"],
                         attention_mask=state["mask"],
-                        past_key_values=cache,
                         use_cache=True,
+                        **{ckw: cache},
                         logits_to_keep=1,
                     )
                     state["nxt"] = o.logits[:, -1:].argmax(-1)

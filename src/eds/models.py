@@ -308,6 +308,25 @@ def layer_input(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+CACHE_KWARGS = ("cache", "past_key_values")  # transformers >= 5.24 names it `cache`; older ones `past_key_values`
+
+
+def forward_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a model's forward pre-hook sees, under either name transformers has used."""
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword this model's forward takes its KV cache under (so calls work across transformers versions)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 # ----------------------------------------------------------------------------- fingerprint
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP, FrozenEnergy
-from .models import Fingerprint, LoadedModel, find_layers, layer_input
+from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
 
 
 def steer_states(
@@ -81,7 +81,7 @@ class _Phase:
 def _cache_len(kwargs: dict[str, Any], t: int) -> int | None:
     """Tokens already in the KV cache, or None where reading it would cost a host sync (static caches
     keep it in a device tensor); then a forward of more than one token is taken for a prefill."""
-    past = kwargs.get("past_key_values")
+    past = forward_cache(kwargs)
     if past is None or not hasattr(past, "get_seq_length"):
         return 0
     n = past.get_seq_length()
