@@ -139,7 +139,14 @@ def read_file(path: str | Path, dataset: str | None = None) -> list[Prompt]:
 
 
 def load(spec: str, *, seed: int = 0) -> list[Prompt]:
-    """Load prompts by spec: `name[:split][:n]` for shipped sets, `path[:n]` for files."""
+    """Load prompts by spec: `name[:split][:n]` for shipped sets, `path[:n]` for files, and jailbreak-wrapped
+    sets `jb:FAMILY:BASE_SPEC[:n]` / `tense:past|future[:test][:n]` (eds.jailbreaks)."""
+    # --- jailbreak-wrapped sets: parsed, sampled and split-checked by eds.jailbreaks ---
+    if spec.startswith(("jb:", "tense:")):
+        from .jailbreaks import load_spec
+
+        return load_spec(spec, seed=seed)
+    # --- end jailbreak hook ---
     parts = spec.split(":")
     count: int | None = None
     if len(parts) > 1 and parts[-1].isdigit():
