@@ -46,3 +46,14 @@ def test_a_line_cut_by_a_crash_is_regenerated(tmp_path, tiny):
         if line.startswith("{") and line.endswith("}")
     ]
     assert len({r["key"] for r in rows}) == 3
+
+
+def test_groups_are_per_source_label_and_template_family():
+    from eds.data import Prompt
+    from eds.evaluate import _group_name
+
+    wrapped = Prompt("jbb-1@aim", "...", "harmful", "gptfuzzer", "gptfuzzer/aim", "test")
+    assert _group_name(wrapped, "jb:gptfuzzer:jailbreakbench:test:50") == "gptfuzzer"
+    assert _group_name(Prompt("p1", "...", "harmful", "past-tense"), "tense:past:test:50") == "past-tense"
+    assert _group_name(Prompt("x1", "...", "benign", "xstest"), "xstest:test") == "xstest_benign"
+    assert _group_name(Prompt("o1", "...", "benign", "orbench_hard"), "orbench_hard:test:150") == "orbench_hard"

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from test_collect import KeywordJudge, prompt_file
@@ -62,3 +64,10 @@ def test_train_errors(tiny_collection):
         train(tiny_collection, TrainConfig(positions="middle"))
     with pytest.raises(TrainError, match="training split has no 'good' rows"):
         train(tiny_collection, TrainConfig(val_datasets=("mix",)))
+
+
+def test_train_refuses_test_split_rows(tiny_collection):
+    col = copy.copy(tiny_collection)
+    col.records = [dict(r, split="test") if i < 2 else r for i, r in enumerate(tiny_collection.records)]
+    with pytest.raises(TrainError, match=r"test-split prompts \(mix: 2\)|test-split prompts"):
+        train(col, TrainConfig(max_steps=1))

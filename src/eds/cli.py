@@ -219,6 +219,9 @@ def train_cmd(
     route: Annotated[
         bool, typer.Option(help="also train refuse models: rows the gate flags are steered toward refusal")
     ] = False,
+    allow_test: Annotated[
+        bool, typer.Option(help="train on test-split prompts too (results on those sets are then not held out)")
+    ] = False,
 ) -> None:
     """Phase 2: train an energy model per layer, score layers (AUROC), save the best as a bundle."""
     from .bundle import BundleError, SteerSettings
@@ -234,6 +237,7 @@ def train_cmd(
             layers=_parse_layers(layers) if layers else None,
             val_datasets=tuple(val_dataset or ()),
             temperature=temperature,
+            allow_test=allow_test,
         )
         bundle, res = make_bundle(
             col, cfg, SteerSettings(eta=eta, steps=steps, mode=mode), harm_gate=harm_gate, route=route

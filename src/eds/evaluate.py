@@ -56,6 +56,8 @@ class EvalResult:
 def _group_name(p: data_mod.Prompt, spec: str) -> str:
     """Rates are reported per source and label: xstest and users' files hold both labels."""
     head = spec.split(":")[0]
+    if head in ("jb", "tense"):  # jailbreak-wrapped sets: one group per template family
+        return p.dataset
     if Path(head).suffix:  # a user's file
         return f"{p.dataset}_{p.label}"
     return f"{head}_{p.label}" if head == "xstest" else head

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_datasets: tuple[str, ...] = ()  # sources kept out of training entirely, scored on
     labels: tuple[str, ...] | None = None  # train on prompts of these labels only (e.g. harmful: refuse models)
+    allow_test: bool = False  # train on test-split prompts too (then no result on those sets is held out)
     seed: int = 0
 
     def validate(self, num_layers: int) -> None:
@@ -177,6 +179,14 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
     cfg = config or TrainConfig()
     cfg.validate(col.num_layers)
     records = col.records
+    held_out = Counter(r.get("dataset", "?") for r in records if r.get("split") == "test")
+    if held_out and not cfg.allow_test:
+        raise TrainError(
+            "the collection holds test-split prompts ("
+            + ", ".join(f"{d}: {n}" for d, n in sorted(held_out.items()))
+            + "): results on those sets would no longer be held out. Collect train splits only, "
+            "or pass allow_test=True (--allow-test) knowingly"
+        )
     train_rows, val_rows = split_rows(records, cfg)
     if cfg.labels is not None:
         train_rows = [i for i in train_rows if records[i]["label"] in cfg.labels]

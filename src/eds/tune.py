@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import data as data_mod
 from .bundle import EnergyBundle
 from .evaluate import EvalResult, evaluate_refusals
 from .io import write_text_atomic
@@ -128,6 +129,8 @@ def tune(
     for spec in cfg.val_sets:
         if ":test" in spec or spec.split(":")[0] in ("xstest", "oktest", "jailbreakbench"):
             raise ValueError(f"{spec!r}: tuning uses validation data only (test splits are for evaluation)")
+        if any(p.split == "test" for p in data_mod.load(spec, seed=cfg.seed)):  # e.g. wrapped or tense sets
+            raise ValueError(f"{spec!r} holds test-split prompts: tuning uses validation data only")
     kw: dict[str, Any] = dict(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed
     )
