@@ -385,6 +385,9 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="at most this many prompts per set (quick look)")] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     mmlu_per_subject: Annotated[int, typer.Option(help="MMLU questions per subject; 0 = all 14,042")] = 5,
+    humaneval_limit: Annotated[
+        int | None, typer.Option(help="HumanEval: the first N of the 164 problems (default: all)")
+    ] = None,
     judge: Annotated[str, typer.Option(help="refusal judge: substring, jbb")] = "substring",
     eta: EtaOpt = None,
     steps: StepsOpt = None,
@@ -417,6 +420,7 @@ def eval_cmd(
         limit=limit,
         max_new_tokens=max_new_tokens,
         mmlu_per_subject=mmlu_per_subject or None,
+        humaneval_limit=humaneval_limit,
         judge=judge,
         steer={k: v for k, v in {"eta": eta, "steps": steps, "mode": mode}.items() if v is not None},
     )
