@@ -13,7 +13,7 @@ from typing import Any
 from . import data as data_mod
 from .bundle import EnergyBundle
 from .generate import generate
-from .io import write_text_atomic
+from .io import read_records, write_text_atomic
 from .judge import Judge, get_judge
 from .metrics import Rate, repeats_ngram
 from .models import LoadedModel
@@ -131,15 +131,8 @@ def evaluate_refusals(
     path = Path(records_path) if records_path else None
     if path:
         _check_settings(path, eval_settings(lm, bundle, max_new_tokens, judge_fn, steer_overrides))
-    if path and path.exists():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash: regenerated
-                    done[r["key"]] = r
+    if path:
+        done = read_records(path)  # a line cut by a crash is regenerated
     todo = [(g, p) for g, p in prompts if p.key not in done]
     if todo:
         # longest prompts first: batches of similar length pad little

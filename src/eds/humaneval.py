@@ -23,6 +23,7 @@ from typing import Any
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
 from .generate import generate
+from .io import read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .sandbox import run_many
@@ -207,20 +208,6 @@ class HumanEvalResult:
         }
 
 
-def _read_records(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash: that problem is done again
-                    done[r["task_id"]] = r
-    return done
-
-
 def evaluate_humaneval(
     lm: LoadedModel,
     *,
@@ -249,7 +236,7 @@ def evaluate_humaneval(
     done: dict[str, dict[str, Any]] = {}
     if path:
         _check_settings(path, settings)
-        done = _read_records(path)
+        done = read_records(path, "task_id")
     todo = [p for p in pool if p.task_id not in done]
     todo.sort(key=lambda p: -len(p.prompt))  # similar lengths together: less padding
     t0 = time.perf_counter()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -44,3 +46,20 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"eds": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def read_records(path: str | Path, key: str = "key") -> dict[str, dict[str, Any]]:
+    """Records of a resumable JSONL file by `key`, the last one winning. A line cut by a crash is
+    skipped, so that item is simply done again: nothing is lost or counted twice."""
+    done: dict[str, dict[str, Any]] = {}
+    path = Path(path)
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    done[r[key]] = r
+    return done

@@ -23,6 +23,7 @@ import torch
 
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
+from .io import read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .steer import steer
@@ -214,20 +215,6 @@ class MMLUResult:
         }
 
 
-def _read_records(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash: scored again
-                    done[r["key"]] = r
-    return done
-
-
 def _base_predictions(base: MMLUResult | Mapping[str, str] | str | Path | None) -> dict[str, str] | None:
     if base is None:
         return None
@@ -236,7 +223,7 @@ def _base_predictions(base: MMLUResult | Mapping[str, str] | str | Path | None) 
     if isinstance(base, str | Path):
         if not Path(base).is_file():
             raise MMLUError(f"{base}: no such base records file")
-        return {k: r["pred"] for k, r in _read_records(Path(base)).items()}
+        return {k: r["pred"] for k, r in read_records(base).items()}
     return dict(base)
 
 
@@ -267,7 +254,7 @@ def evaluate_mmlu(
     done: dict[str, dict[str, Any]] = {}
     if path:
         _check_settings(path, settings)
-        done = _read_records(path)
+        done = read_records(path)
     todo = [q for q in chosen if q.key not in done]
     todo.sort(key=lambda q: -len(format_prompt(q)))  # similar lengths together: less padding
     t0 = time.perf_counter()
