@@ -13,7 +13,7 @@ from typing import Any
 from . import data as data_mod
 from .bundle import EnergyBundle
 from .generate import generate
-from .io import read_records, write_text_atomic
+from .io import appending, read_records, write_text_atomic
 from .judge import Judge, get_judge
 from .metrics import Rate, repeats_ngram
 from .models import LoadedModel
@@ -137,13 +137,9 @@ def evaluate_refusals(
     if todo:
         # longest prompts first: batches of similar length pad little
         todo.sort(key=lambda gp: -len(gp[1].prompt))
-        out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
         bar = _progress(progress, label)
         task = bar.add_task("", total=len(prompts), completed=len(prompts) - len(todo))
-        bar.start()
-        if out and path and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            out.write("\n")  # a line cut by a crash: start the next record on a line of its own
-        try:
+        with bar, appending(path) as write:  # the bar stops, and the file closes, on any exception
             for i in range(0, len(todo), batch_size * 4):
                 chunk = todo[i : i + batch_size * 4]
                 texts = [p.prompt for _, p in chunk]
@@ -170,14 +166,8 @@ def evaluate_refusals(
                         "states_moved": mv,
                     }
                     done[p.key] = rec
-                    if out:
-                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        out.flush()
+                    write(rec)
                 bar.advance(task, len(chunk))
-        finally:
-            bar.stop()
-            if out:
-                out.close()
     records = [done[p.key] for _, p in prompts]
     return summarise(records, judge=getattr(judge_fn, "name", ""))
 

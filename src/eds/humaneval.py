@@ -23,7 +23,7 @@ from typing import Any
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
 from .generate import generate
-from .io import read_records
+from .io import appending, read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .sandbox import run_many
@@ -241,13 +241,9 @@ def evaluate_humaneval(
     todo.sort(key=lambda p: -len(p.prompt))  # similar lengths together: less padding
     t0 = time.perf_counter()
     if todo:
-        out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
-        if out and path and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            out.write("\n")  # a line cut by a crash: the next record starts on a line of its own
         bar = _progress(progress, "humaneval" + (" (steered)" if bundle is not None else ""))
         task = bar.add_task("", total=len(pool), completed=len(pool) - len(todo))
-        bar.start()
-        try:
+        with bar, appending(path) as write:  # the bar stops, and the file closes, on any exception
             for i in range(0, len(todo), batch_size):
                 batch = todo[i : i + batch_size]
                 prompts = [format_prompt(p) for p in batch]
@@ -274,14 +270,8 @@ def evaluate_humaneval(
                         "moved": mv,
                     }
                     done[p.task_id] = rec
-                    if out:
-                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        out.flush()
+                    write(rec)
                 bar.advance(task, len(batch))
-        finally:
-            bar.stop()
-            if out:
-                out.close()
     seconds = time.perf_counter() - t0
     recs = [done[p.task_id] for p in pool]
     statuses = {s: sum(r["status"] == s for r in recs) for s in STATUSES}

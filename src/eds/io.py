@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,23 @@ def read_records(path: str | Path, key: str = "key") -> dict[str, dict[str, Any]
                         continue
                     done[r[key]] = r
     return done
+
+
+@contextmanager
+def appending(path: str | Path | None) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Append records to a resumable JSONL file, each flushed as it is made (a crash loses at most
+    the line being written). A line cut by an earlier crash is closed first, so the next record
+    starts on a line of its own. With no path, records are dropped."""
+    if path is None:
+        yield lambda rec: None
+        return
+    path = Path(path)
+    with open(path, "a", encoding="utf-8") as out:
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            out.write("\n")
+
+        def write(rec: dict[str, Any]) -> None:
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.flush()
+
+        yield write

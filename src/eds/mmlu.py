@@ -23,7 +23,7 @@ import torch
 
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
-from .io import read_records
+from .io import appending, read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .steer import steer
@@ -259,13 +259,9 @@ def evaluate_mmlu(
     todo.sort(key=lambda q: -len(format_prompt(q)))  # similar lengths together: less padding
     t0 = time.perf_counter()
     if todo:
-        out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
-        if out and path and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            out.write("\n")  # a line cut by a crash: the next record starts on a line of its own
         bar = _progress(progress, "mmlu" + (" (steered)" if bundle is not None else ""))
         task = bar.add_task("", total=len(chosen), completed=len(chosen) - len(todo))
-        bar.start()
-        try:
+        with bar, appending(path) as write:  # the bar stops, and the file closes, on any exception
             for i in range(0, len(todo), batch_size):
                 batch = todo[i : i + batch_size]
                 logp, moved = score_letters(lm, [format_prompt(q) for q in batch], bundle=bundle, **steer_overrides)
@@ -281,14 +277,8 @@ def evaluate_mmlu(
                         "states_moved": mv,
                     }
                     done[q.key] = rec
-                    if out:
-                        out.write(json.dumps(rec) + "\n")
-                        out.flush()
+                    write(rec)
                 bar.advance(task, len(batch))
-        finally:
-            bar.stop()
-            if out:
-                out.close()
     seconds = time.perf_counter() - t0
     recs = [done[q.key] for q in chosen]
     by_subject: dict[str, list[bool]] = {}
