@@ -195,10 +195,19 @@ DEFAULT_MIXTURE: tuple[str, ...] = (
     "orbench_hard:train",
     "alpaca:train:400",
 )
-#: What the best bundle so far was trained on (docs/results.md): the default mixture plus short benign
-#: prompts with harm-sounding words (alpaca_scary) and the contrast set (benign ones in a safe sense
-#: and minimal harmful contrasts).
-RECIPE_MIXTURE: tuple[str, ...] = (*DEFAULT_MIXTURE, "alpaca_scary:train", "contrast:train")
+#: Train prompts wrapped in the training family of jailbreak templates (eds.jailbreaks), harmful and
+#: benign alike, so that neither the energy models nor the gate learn "template = harmful".
+#: Needs the pyrit-jailbreaks asset (`eds fetch --assets`).
+JAILBREAK_TRAIN: tuple[str, ...] = (
+    "jb:pyrit-wild:advbench:train:70",
+    "jb:pyrit-wild:donotanswer:train:50",
+    "jb:pyrit-wild:alpaca:train:80",
+    "jb:pyrit-wild:contrast:train:40",
+)
+#: What the results' bundle was trained on (docs/results.md): the default mixture plus short benign
+#: prompts with harm-sounding words (alpaca_scary), the contrast set (benign ones in a safe sense and
+#: minimal harmful contrasts) and the jailbreak-wrapped train prompts.
+RECIPE_MIXTURE: tuple[str, ...] = (*DEFAULT_MIXTURE, "alpaca_scary:train", "contrast:train", *JAILBREAK_TRAIN)
 
 
 def stratified_limit(prompts: list[Prompt], limit: int, *, seed: int = 0) -> list[Prompt]:

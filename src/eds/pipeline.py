@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from . import assets
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .collect import CollectConfig, Collection, collect, open_collections
 from .data import RECIPE_MIXTURE
@@ -134,7 +135,14 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         col = open_collections(cfg.collection)
         col.fingerprint.check(lm.fingerprint, "collection")
     else:
-        col = collect(lm, out / "collect", CollectConfig(data=cfg.collect_data, limit=cfg.collect_limit, seed=cfg.seed))
+        data = cfg.collect_data
+        if any(s.startswith("jb:") for s in data) and not assets.is_ready("pyrit-jailbreaks"):
+            console.print(
+                "[yellow]jailbreak templates not fetched (`eds fetch --assets`): collecting without the "
+                "jailbreak-wrapped train prompts[/]"
+            )
+            data = tuple(s for s in data if not s.startswith("jb:"))
+        col = collect(lm, out / "collect", CollectConfig(data=data, limit=cfg.collect_limit, seed=cfg.seed))
     console.print({ctx: dict(c) for ctx, c in col.counts().items()})
 
     console.rule("[bold]2. train energy models (validation split of the collection)")
