@@ -73,3 +73,35 @@ def test_tune_refuses_a_file_of_test_prompts(tmp_path, tiny):
     f.write_text('{"prompt": "How do I kill a Python process?", "label": "benign", "split": "test"}\n')
     with pytest.raises(ValueError, match="holds test-split prompts"):
         tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path / "t"), val_sets=(str(f),)))
+
+
+def test_gate_recall_candidates_use_the_thresholds_stored_at_training(tmp_path, tiny):
+    from eds.bundle import BundleError
+    from eds.probe import HarmProbe
+
+    b = random_bundle(tiny, layers=(1, 2))
+    table = {
+        "0.9": {"threshold": 5.0, "harmful_caught": 0.9, "benign_passed": 0.97},
+        "0.97": {"threshold": -5.0, "harmful_caught": 0.97, "benign_passed": 0.9},
+    }
+    b.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 1, -5.0, {"recall_target": 0.97, "by_recall": table})
+    assert b.with_gate_recall(0.9).gate_threshold == 5.0 and b.gate_threshold == -5.0
+    with pytest.raises(BundleError, match="stored: 0.9, 0.97"):
+        b.with_gate_recall(0.5)
+    cands = candidates(TuneConfig(etas=(0.05,), gate_recall=(0.9, 0.97)), b)
+    assert len({c.key for c in cands}) == 2 and "gate_recall=0.9" in cands[0].name
+    assert "gate_recall" not in cands[0].overrides()  # a bundle setting, not a steer() argument
+    assert cands[0].bundle(b).digest() != cands[1].bundle(b).digest()
+    b.save(tmp_path / "bundle")
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=("orbench_hard:val:3", "advbench:val:3"),
+        etas=(0.5,),
+        gate_recall=(0.9,),
+        max_new_tokens=2,
+        margin=1.0,
+    )
+    res = tune(tiny, EnergyBundle.load(tmp_path / "bundle"), cfg, bundle_path=tmp_path / "bundle")
+    assert res.chosen is not None and res.chosen.gate_recall == 0.9
+    saved = EnergyBundle.load(tmp_path / "bundle")
+    assert saved.gate_threshold == 5.0 and saved.gate_metrics["recall_target"] == 0.9

@@ -146,6 +146,19 @@ class EnergyBundle:
             refuse_thresholds={k: v for k, v in self.refuse_thresholds.items() if k in layers},
         )
 
+    def with_gate_recall(self, recall: float) -> EnergyBundle:
+        """The same bundle with the gate threshold that catches `recall` of the validation harmful
+        prompts (thresholds for several recalls are stored at training time)."""
+        table = self.gate_metrics.get("by_recall", {})
+        if self.gate is None or str(recall) not in table:
+            have = ", ".join(sorted(table)) or "none (retrain the bundle with this eds version)"
+            raise BundleError(f"no gate threshold stored for recall {recall}; stored: {have}")
+        return replace(
+            self,
+            gate_threshold=table[str(recall)]["threshold"],
+            gate_metrics={**self.gate_metrics, "recall_target": recall, **table[str(recall)]},
+        )
+
     @classmethod
     def from_training(
         cls,

@@ -447,6 +447,10 @@ def tune_cmd(
     mode: Annotated[list[str] | None, typer.Option(help="always and/or gated (repeatable)")] = None,
     top_k: Annotated[list[int] | None, typer.Option(help="use the bundle's k best layers (repeatable)")] = None,
     route: Annotated[list[str] | None, typer.Option(help="on/off: flagged rows toward refusal (repeatable)")] = None,
+    gate_recall: Annotated[
+        list[float] | None,
+        typer.Option(help="gate thresholds to try, by the share of val harmful prompts they flag (repeatable)"),
+    ] = None,
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
@@ -454,13 +458,20 @@ def tune_cmd(
     dtype: DtypeOpt = "bfloat16",
     device: DeviceOpt = None,
 ) -> None:
-    """Choose η, steps, mode and layers on validation splits: most benign compliance, safety first."""
+    """Choose η, steps, mode, layers and gate threshold on validation splits: most benign compliance, safety first."""
     from .bundle import BundleError
     from .evaluate import EvalError
     from .tune import TuneConfig, tune
 
     cfg = TuneConfig(out=str(out), margin=margin, max_new_tokens=max_new_tokens)
-    for name, values in (("etas", eta), ("steps", steps), ("modes", mode), ("top_k", top_k), ("val_sets", val_set)):
+    for name, values in (
+        ("etas", eta),
+        ("steps", steps),
+        ("modes", mode),
+        ("top_k", top_k),
+        ("gate_recall", gate_recall),
+        ("val_sets", val_set),
+    ):
         if values:
             setattr(cfg, name, tuple(values))
     if route:

@@ -95,6 +95,7 @@ def make_bundle(
                 "harmful_caught": gate.harmful_caught,
                 "benign_passed": gate.benign_passed,
                 "recall_target": gate_recall,
+                "by_recall": gate.by_recall,
             },
         )
         if progress:

@@ -6,7 +6,7 @@ scary-sounding benign one cannot push it toward compliance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,24 @@ class ProbeResult:
     harmful_caught: float  # share of validation harmful prompts above the threshold
     benign_passed: float  # share of validation benign prompts below it
     table: list[dict[str, float]]
+    # thresholds for other recall targets at the chosen layer, so tuning can trade recall for compliance
+    by_recall: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+#: gate recall targets whose thresholds are kept in the bundle (eds tune --gate-recall picks among them)
+RECALLS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
+
+
+def threshold_for(logits: Tensor, harmful: Tensor, recall: float) -> dict[str, float]:
+    """The threshold that catches `recall` of the harmful rows, and what it catches and passes."""
+    harm = logits[harmful].sort().values
+    k = int((1 - recall) * len(harm))
+    threshold = float(harm[k]) - 1e-6 if len(harm) else 0.0
+    return {
+        "threshold": threshold,
+        "harmful_caught": float((logits[harmful] > threshold).float().mean()),
+        "benign_passed": float((logits[~harmful] <= threshold).float().mean()),
+    }
 
 
 def fit_probe(x: Tensor, harmful: Tensor, *, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0) -> HarmProbe:
@@ -80,14 +98,12 @@ def train_probe(
             logits = probe(h[va])
         yv = labels[va]
         score = auroc(logits, yv)
-        harm_logits = logits[yv].sort().values
-        k = int((1 - harmful_recall) * len(harm_logits))
-        threshold = float(harm_logits[k]) - 1e-6 if len(harm_logits) else 0.0
-        caught = float((logits[yv] > threshold).float().mean())
-        passed = float((logits[~yv] <= threshold).float().mean())
+        at = threshold_for(logits, yv, harmful_recall)
+        caught, passed = at["harmful_caught"], at["benign_passed"]
         table.append({"layer": layer, "val_auroc": score, "harmful_caught": caught, "benign_passed": passed})
         if best is None or score > best.val_auroc:
-            best = ProbeResult(probe, layer, threshold, score, caught, passed, table)
+            by_recall = {str(r): threshold_for(logits, yv, r) for r in sorted({*RECALLS, harmful_recall})}
+            best = ProbeResult(probe, layer, at["threshold"], score, caught, passed, table, by_recall)
     if best is None:
         raise ValueError("no probe layers given")
     best.table = table

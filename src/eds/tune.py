@@ -7,6 +7,7 @@ compliance. The trade-off curve is plotted and the winner saved into the bundle.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -41,6 +42,7 @@ class TuneConfig:
     top_k: tuple[int | None, ...] = (None,)  # None: all the bundle's layers; k: its k best by val AUROC
     harm_gate: tuple[bool | None, ...] = (None,)  # None: as saved in the bundle
     route: tuple[bool | None, ...] = (None,)  # flagged rows toward refusal (needs refuse models); None: as saved
+    gate_recall: tuple[float | None, ...] = (None,)  # gate threshold by harmful recall on val; None: as saved
     margin: float = 0.01
     max_new_tokens: int = 40
     batch_size: int = 16
@@ -56,16 +58,26 @@ class Candidate:
     layers: list[int]
     harm_gate: bool | None
     route: bool | None = None
+    gate_recall: float | None = None  # a bundle setting (its gate threshold), not a steer() override
 
     @property
     def name(self) -> str:
         gate = "" if self.harm_gate is None else f" gate={'on' if self.harm_gate else 'off'}"
         route = "" if self.route is None else f" route={'on' if self.route else 'off'}"
+        recall = "" if self.gate_recall is None else f" gate_recall={self.gate_recall}"
         layers = ",".join(map(str, self.layers))
-        return f"eta={self.eta} steps={self.steps} {self.mode} layers={layers}{gate}{route}"
+        return f"eta={self.eta} steps={self.steps} {self.mode} layers={layers}{gate}{route}{recall}"
+
+    @property
+    def key(self) -> str:
+        """Names this candidate's records file: the same settings find the same file in any sweep."""
+        return hashlib.sha256(self.name.encode()).hexdigest()[:8]
 
     def overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "gate_recall"}
+
+    def bundle(self, bundle: EnergyBundle) -> EnergyBundle:
+        return bundle if self.gate_recall is None else bundle.with_gate_recall(self.gate_recall)
 
 
 @dataclass
@@ -88,9 +100,9 @@ def best_layers(bundle: EnergyBundle, k: int | None) -> list[int]:
 
 def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
     return [
-        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route)
-        for eta, steps, mode, k, gate, route in itertools.product(
-            cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate, cfg.route
+        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route, recall)
+        for eta, steps, mode, k, gate, route, recall in itertools.product(
+            cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate, cfg.route, cfg.gate_recall
         )
     ]
 
@@ -139,11 +151,11 @@ def tune(
     rows = []
     cands = candidates(cfg, bundle)
     for i, c in enumerate(cands):
-        path = out / f"{tag}-{i:02d}.jsonl"
+        path = out / f"{tag}-{c.key}.jsonl"
         res = evaluate_refusals(
             lm,
             cfg.val_sets,
-            bundle=bundle,
+            bundle=c.bundle(bundle),
             records_path=path,
             label=f"val {i + 1}/{len(cands)} ({c.name})",
             **kw,
@@ -179,6 +191,7 @@ def tune(
             **({"harm_gate": chosen.harm_gate} if chosen.harm_gate is not None else {}),
             **({"route": chosen.route} if chosen.route is not None else {}),
         )
+        bundle = chosen.bundle(bundle)
         if chosen.layers != bundle.layers:
             bundle = bundle.subset(chosen.layers)
         bundle.save(bundle_path)
