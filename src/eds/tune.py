@@ -206,13 +206,19 @@ def plot_tradeoff(result: TuneResult, path: Path, margin: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     base_h, base_b = result.base["harmful_refusal"], result.base["benign_compliance"]
     ax.scatter([base_h], [base_b], marker="s", color="black", label="base model", zorder=3)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in result.rows:
+    for r in result.rows:  # one line per setting but η: each line is an η sweep
         s = r["setting"]
-        groups.setdefault(f"{s['mode']}, steps {s['steps']}, layers {s['layers']}", []).append(r)
+        label = f"{s['mode']}, steps {s['steps']}, layers {s['layers']}"
+        label += "".join(
+            f", {k.replace('_', ' ')} {'on' if v is True else 'off' if v is False else v}"
+            for k in ("harm_gate", "route", "gate_recall")
+            if (v := s.get(k)) is not None
+        )
+        groups.setdefault(label, []).append(r)
     for label, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["setting"]["eta"])
         ax.plot([r["harmful_refusal"] for r in rs], [r["benign_compliance"] for r in rs], "o-", label=label)
@@ -240,7 +246,8 @@ def plot_tradeoff(result: TuneResult, path: Path, margin: float) -> None:
     ax.set_xlabel("harmful refusal, val (higher is safer)")
     ax.set_ylabel("benign compliance, val (higher is more helpful)")
     ax.set_title("Steering trade-off on validation prompts")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.margins(0.08)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
