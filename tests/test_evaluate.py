@@ -57,3 +57,19 @@ def test_groups_are_per_source_label_and_template_family():
     assert _group_name(Prompt("p1", "...", "harmful", "past-tense"), "tense:past:test:50") == "past-tense"
     assert _group_name(Prompt("x1", "...", "benign", "xstest"), "xstest:test") == "xstest_benign"
     assert _group_name(Prompt("o1", "...", "benign", "orbench_hard"), "orbench_hard:test:150") == "orbench_hard"
+
+
+def test_a_set_with_both_labels_is_reported_per_label():
+    from eds.evaluate import summarise
+
+    rec = dict(dataset="contrast", category="", prompt="p", response="Sure, here it is.")
+    records = [
+        {**rec, "key": "a", "group": "contrast", "label": "benign", "refused": True},
+        {**rec, "key": "b", "group": "contrast", "label": "benign", "refused": False},
+        {**rec, "key": "c", "group": "contrast", "label": "harmful", "refused": True},
+        {**rec, "key": "d", "group": "orbench_hard", "label": "benign", "refused": False},
+    ]
+    res = {d.name: d for d in summarise(records).datasets}
+    assert sorted(res) == ["contrast_benign", "contrast_harmful", "orbench_hard"]
+    assert res["contrast_benign"].refused.k == 1 and res["contrast_benign"].refused.n == 2
+    assert res["contrast_harmful"].should_refuse and not res["contrast_benign"].should_refuse

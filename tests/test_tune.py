@@ -86,7 +86,7 @@ def test_gate_recall_candidates_use_the_thresholds_stored_at_training(tmp_path, 
     }
     b.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 1, -5.0, {"recall_target": 0.97, "by_recall": table})
     assert b.with_gate_recall(0.9).gate_threshold == 5.0 and b.gate_threshold == -5.0
-    with pytest.raises(BundleError, match="stored: 0.9, 0.97"):
+    with pytest.raises(BundleError, match=r"stored: 0\.9, 0\.97"):
         b.with_gate_recall(0.5)
     cands = candidates(TuneConfig(etas=(0.05,), gate_recall=(0.9, 0.97)), b)
     assert len({c.key for c in cands}) == 2 and "gate_recall=0.9" in cands[0].name

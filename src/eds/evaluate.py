@@ -194,9 +194,13 @@ def _progress(enabled: bool, label: str):
 
 def summarise(records: Sequence[dict[str, Any]], judge: str = "") -> EvalResult:
     """Per-group refusal and repetition rates of prompt-level records (groups in first-seen order)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    labels: dict[str, set[str]] = {}
     for r in records:
-        groups.setdefault(r["group"], []).append(r)
+        labels.setdefault(r["group"], set()).add(r["label"])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:  # a set holding both labels (contrast, users' files) is reported per label
+        g = r["group"] if len(labels[r["group"]]) == 1 or r["group"].endswith(f"_{r['label']}") else None
+        groups.setdefault(g or f"{r['group']}_{r['label']}", []).append(r)
     results = [
         DatasetResult(
             name=g,
