@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up eds in ./.venv, fetch the default model, and run the main job.
+# Set up eds in ./.venv, fetch the default model and the evaluation data, and run the main job.
 #   ./setup.sh            install + fetch + run the main job on the default model
 #   ./setup.sh --no-run   install + fetch only (what CI uses)
 set -euo pipefail
@@ -17,5 +17,5 @@ pip install -e '.[dev]'
 # Not needed to collect, train or steer, so a failure here only warns; `eds fetch --assets` retries.
 .venv/bin/eds fetch --assets || echo "warning: evaluation assets not fetched; run '.venv/bin/eds fetch --assets' later" >&2
 if [ "${1:-}" != "--no-run" ]; then
-  .venv/bin/eds collect --limit 100 --out runs/quickstart
+  .venv/bin/eds run --out runs/main   # the whole method on the default model (see README for its run time)
 fi

@@ -42,7 +42,7 @@ class RunConfig:
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
         "orbench_hard:val:60",
-        "contrast:val",
+        "contrast:val:60",
         "alpaca:val:30",
         "advbench:val:40",
         "donotanswer:val:40",
