@@ -48,6 +48,7 @@ COMMAND = ["python3", "benchmarks/steer_speed.py"]  # how this run was started, 
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
 from eds.models import Fingerprint, cache_keyword, find_layers  # noqa: E402
+from eds.probe import HarmProbe  # noqa: E402
 from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
 
@@ -95,6 +96,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 MODES = ("plain", "always", "gated")
+#: `--route`: also time always-on steering with the harmfulness gate and routing (flagged rows toward refusal
+#: with a second set of energy models), the setting `eds tune` chose for the default model
+ROUTED = "routed"
+
+
+def steer_kwargs(mode: str) -> dict[str, Any]:
+    if mode == ROUTED:
+        return {"mode": "always", "harm_gate": True, "route": True}
+    return {"mode": mode, "harm_gate": False, "route": False}
+
+
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -179,6 +191,14 @@ def build_bundle(model: Any, args: argparse.Namespace, device: torch.device) -> 
         thresholds=thresholds,
         steering=SteerSettings(eta=args.eta, steps=args.steps, mode="always", positions="all", harm_gate=False),
     )
+    if args.route:  # a random gate at the first steered layer (about half the rows flagged) and refuse models
+        probe = HarmProbe(hidden).to(device)
+        states = out.hidden_states[layers[0]][:, -1].float()
+        probe.mean.copy_(states.mean(0))
+        probe.std.copy_(states.std(0).clamp_min(1e-3))
+        bundle.set_gate(probe, layers[0], 0.0)
+        bundle.refuse_models = {layer: copy.deepcopy(m) for layer, m in models.items()}
+        bundle.refuse_thresholds = dict(thresholds)
     nbytes = sum(t.numel() * t.element_size() for m in models.values() for t in [*m.parameters(), *m.buffers()])
     return bundle, {"layers": layers, "num_layers": n_layers, "energy": info, "energy_bytes": nbytes}
 
@@ -200,7 +220,7 @@ def gen_kwargs(ids: torch.Tensor, mask: torch.Tensor, new: int) -> dict[str, Any
 
 def run_once(model: Any, bundle: EnergyBundle, mode: str, kw: dict, device: torch.device) -> dict[str, Any]:
     """One generate call (steer context entered inside, as eds.generate does); wall time and peak."""
-    ctx = steer(model, bundle, mode=mode) if mode != "plain" else contextlib.nullcontext()
+    ctx = steer(model, bundle, **steer_kwargs(mode)) if mode != "plain" else contextlib.nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -231,9 +251,11 @@ def bench_batch(model: Any, bundle: EnergyBundle, batch: int, args: argparse.Nam
     ids = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).to(device)
     mask = torch.ones_like(ids)
     kw_pre, kw_full = gen_kwargs(ids, mask, 1), gen_kwargs(ids, mask, args.new_tokens)
-    raw: dict[str, dict[str, list]] = {m: {"prefill": [], "full": [], "peak": [], "moved": []} for m in MODES}
+    modes = MODES + ((ROUTED,) if args.route else ())
+    raw: dict[str, dict[str, list]] = {m: {"prefill": [], "full": [], "peak": [], "moved": []} for m in modes}
     for rep in range(args.warmup + args.repeats):
-        order = MODES[rep % 3 :] + MODES[: rep % 3]  # rotate so no mode always runs first
+        k = rep % len(modes)
+        order = modes[k:] + modes[:k]  # rotate so no mode always runs first
         for mode in order:
             p = run_once(model, bundle, mode, kw_pre, device)
             f = run_once(model, bundle, mode, kw_full, device)
@@ -251,7 +273,7 @@ def bench_batch(model: Any, bundle: EnergyBundle, batch: int, args: argparse.Nam
     # (steered vs plain of the same repeat, a few seconds apart) are kept alongside.
     res: dict[str, Any] = {"batch": batch, "modes": {}}
     decode: dict[str, list[float]] = {}
-    for mode in MODES:
+    for mode in modes:
         r = raw[mode]
         decode[mode] = [f - p for f, p in zip(r["full"], r["prefill"], strict=True)]
         d, pre = min(decode[mode]), min(r["prefill"])
@@ -270,7 +292,7 @@ def bench_batch(model: Any, bundle: EnergyBundle, batch: int, args: argparse.Nam
         }
     plain = res["modes"]["plain"]
     res["ratios"] = {}
-    for mode in ("always", "gated"):
+    for mode in modes[1:]:
         m = res["modes"][mode]
         paired = [100 * (s_ / p_ - 1) for s_, p_ in zip(decode[mode], decode["plain"], strict=True)]
         res["ratios"][mode] = {
@@ -623,7 +645,7 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for r in doc["results"]:
         p = r["modes"]["plain"]
-        for mode in ("always", "gated"):
+        for mode in r["ratios"]:
             q, m = r["ratios"][mode], r["modes"][mode]
             peak = (
                 f"{q['peak_memory']:.4f} ({q['peak_memory_delta_mib']:+.1f})" if q["peak_memory"] is not None else "n/a"
@@ -698,7 +720,7 @@ def print_table(doc: dict[str, Any]) -> None:
         f"{'prefill x':>9} {'tok/s x':>8} {'overhead':>9} {'paired':>8} {'peak x':>8} {'frac':>5}"
     )
     for r in doc["results"]:
-        for mode in MODES:
+        for mode in r["modes"]:
             m = r["modes"][mode]
             q = r["ratios"].get(mode)
             peak = f"{m['peak_mib']:.0f}" if m["peak_mib"] is not None else "-"
@@ -728,6 +750,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--eta", type=float, default=0.05)
     ap.add_argument("--gate-fraction", type=float, default=0.5, help="share of states above the gated threshold")
+    ap.add_argument(
+        "--route",
+        action="store_true",
+        help="also time 'routed': always-on steering with a harm gate and refuse models (two energy models a layer)",
+    )
     ap.add_argument(
         "--bundle-device",
         choices=["model", "cpu"],
