@@ -105,7 +105,7 @@ def plot_refusals(section: dict[str, Any], path: Path, title: str) -> None:
 
     rows = refusal_rows(section)
     arms = [("base", "#8c8c8c")] + ([("steered", "#1f77b4")] if any(r["steered"] for r in rows) else [])
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.5))
     h = 0.8 / len(arms)
     for i, (arm, colour) in enumerate(arms):
         for j, r in enumerate(rows):
@@ -120,8 +120,8 @@ def plot_refusals(section: dict[str, Any], path: Path, title: str) -> None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("refusal rate (95% Wilson interval)")
     ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, frameon=False)  # below the axes: no bar is hidden
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
