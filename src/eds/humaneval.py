@@ -10,8 +10,6 @@ not count as a pass. Records are appended per batch; a re-run resumes (under the
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import secrets
 import time
@@ -23,7 +21,7 @@ from typing import Any
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
 from .generate import generate
-from .io import appending, read_records
+from .io import appending, jsonl_objects, read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .sandbox import run_many
@@ -51,40 +49,29 @@ class Problem:
 def read_problems(path: str | Path, *, expect: int | None = None) -> list[Problem]:
     """Parse a HumanEval JSONL file (gzipped or not); errors name the file and line."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     out: list[Problem] = []
     seen: set[str] = set()
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HumanEvalError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise HumanEvalError(f"{where}: expected a JSON object")
-            missing = [k for k in _FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
-            if missing:
-                raise HumanEvalError(f"{where}: missing or empty field(s) {', '.join(missing)}")
-            if row["task_id"] in seen:
-                raise HumanEvalError(f"{where}: task_id {row['task_id']!r} appears twice")
-            if not row["entry_point"].isidentifier():
-                raise HumanEvalError(f"{where}: entry_point {row['entry_point']!r} is not a Python name")
-            if "def check(" not in row["test"]:
-                raise HumanEvalError(f"{where}: test does not define check(candidate)")
-            seen.add(row["task_id"])
-            out.append(
-                Problem(
-                    task_id=row["task_id"],
-                    prompt=row["prompt"],
-                    entry_point=row["entry_point"],
-                    test=row["test"],
-                    canonical_solution=str(row.get("canonical_solution") or ""),
-                    line=n,
-                )
+    for n, where, row in jsonl_objects(path, HumanEvalError):
+        missing = [k for k in _FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
+        if missing:
+            raise HumanEvalError(f"{where}: missing or empty field(s) {', '.join(missing)}")
+        if row["task_id"] in seen:
+            raise HumanEvalError(f"{where}: task_id {row['task_id']!r} appears twice")
+        if not row["entry_point"].isidentifier():
+            raise HumanEvalError(f"{where}: entry_point {row['entry_point']!r} is not a Python name")
+        if "def check(" not in row["test"]:
+            raise HumanEvalError(f"{where}: test does not define check(candidate)")
+        seen.add(row["task_id"])
+        out.append(
+            Problem(
+                task_id=row["task_id"],
+                prompt=row["prompt"],
+                entry_point=row["entry_point"],
+                test=row["test"],
+                canonical_solution=str(row.get("canonical_solution") or ""),
+                line=n,
             )
+        )
     if expect is not None and len(out) != expect:
         raise HumanEvalError(f"{path}: {len(out)} problems, expected {expect}")
     return out

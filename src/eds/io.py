@@ -85,3 +85,24 @@ def appending(path: str | Path | None) -> Iterator[Callable[[dict[str, Any]], No
             out.flush()
 
         yield write
+
+
+def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "FILE:LINE", object) for each non-blank line of a JSONL file, gzipped or not; a line
+    that is not a JSON object raises `error` naming the file and line."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{where}: expected a JSON object")
+            yield n, where, obj

