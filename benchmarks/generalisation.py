@@ -21,18 +21,12 @@ from eds.collect import Collection
 from eds.evaluate import evaluate_refusals
 from eds.models import load_model
 from eds.pipeline import make_bundle
+from eds.suite import REFUSAL_SETS
 from eds.train import TrainConfig, plot_auroc
 
 VAL_SETS = ("orbench_hard:val", "alpaca:val:40", "advbench:val:40", "donotanswer:val:40", "harmbench:val")
-#: The full test splits, for the final comparison only (never for choosing anything).
-TEST_SETS = (
-    "orbench_hard:test",
-    "xstest:test",
-    "oktest:test",
-    "jailbreakbench:test",
-    "harmbench:test",
-    "donotanswer:test",
-)
+#: The full test splits, for the final comparison only (never for choosing anything): the same as `eds eval`'s.
+TEST_SETS = REFUSAL_SETS
 
 # name -> (train positions, harm gate, steering settings)
 VARIANTS: dict[str, tuple[str, bool, SteerSettings]] = {
