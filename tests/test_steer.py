@@ -329,7 +329,8 @@ def test_route_steers_flagged_rows_with_the_refuse_models(tiny, tmp_path):
     with steer(tiny, bundle, eta=0.2, route=True) as handle:
         routed, _ = layer_inputs(tiny, enc)
     assert handle.stats.moved.tolist() == [2, 2]
-    assert torch.equal(routed[2][1], gated[2][1])  # the allowed row: answer models, exactly as before
+    # the allowed row: the answer models, as without routing (the stacked heads sum in another order)
+    torch.testing.assert_close(routed[2][1], gated[2][1], atol=1e-5, rtol=1e-5)
     # the flagged row: exactly what the refuse models alone do to it
     with steer(tiny, refusers, eta=0.2):
         alone, _ = layer_inputs(tiny, tiny.encode(prompts[:1]))
@@ -372,3 +373,79 @@ def test_steer_states_compiles_as_one_graph(gated):
     got, moved = compiled(h, energy, **kw)
     want, want_moved = steer_states(h, energy, **kw)
     assert torch.equal(got, want) and torch.equal(moved, want_moved)
+
+
+def test_three_way_gate_leaves_uncertain_rows_exactly_unsteered(tiny, tmp_path):
+    """With route_threshold above the gate threshold, a row between the two is neither answered nor
+    refused: it keeps the base model's states bit for bit; the others are steered as in two-way routing."""
+    from types import SimpleNamespace
+
+    prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?", "hi"]
+    bundle = make_bundle(tiny, layers=(1, 2))
+    refusers = make_bundle(tiny, layers=(1, 2))
+    for m in refusers.models.values():
+        for p in m.parameters():
+            p.data.mul_(-1.5)
+    probe, _ = gate_for(tiny, 1, 0, prompts)
+    enc = tiny.encode(prompts)
+    base, _ = layer_inputs(tiny, enc)
+    logits = probe(base[1][:, -1]).tolist()
+    lo, mid, hi = sorted(range(3), key=lambda i: logits[i])  # prompt indices by harm logit
+    assert hi == 0
+    results = [SimpleNamespace(layer=k, threshold=0.5) for k in (1, 2)]
+    bundle.set_refuse(SimpleNamespace(models=refusers.models, results=results, table=lambda: []))
+    # gate threshold between lo and mid, route threshold between mid and hi
+    bundle.set_gate(probe, 1, (logits[lo] + logits[mid]) / 2)
+    two_way_digest = bundle.digest()
+    bundle.route_threshold = (logits[mid] + logits[hi]) / 2
+    assert bundle.digest() != two_way_digest
+    with steer(tiny, bundle, eta=0.2, route=True) as handle:
+        three, _ = layer_inputs(tiny, enc)
+    moved = handle.stats.moved.tolist()
+    assert moved[mid] == 0 and moved[lo] == 2 and moved[hi] == 2
+    assert torch.equal(three[2][mid], base[2][mid])  # the uncertain row: untouched
+    assert not torch.equal(three[2][lo][-1], base[2][lo][-1]) and not torch.equal(three[2][hi][-1], base[2][hi][-1])
+    bundle.save(tmp_path / "b")
+    loaded = EnergyBundle.load(tmp_path / "b")
+    assert loaded.route_threshold == bundle.route_threshold and loaded.digest() == bundle.digest()
+
+
+def test_stacked_heads_match_each_energy_model(tiny):
+    """FrozenHeads runs the answer and refuse models as one network: each head's energy, and with a
+    one-hot select each row's gradient, match that model's FrozenEnergy; routed steering equals two
+    masked single-model passes (the unfused reference), gated mode included."""
+    from eds.energy import FrozenEnergy, FrozenHeads
+    from eds.steer import steer_states
+
+    torch.manual_seed(0)
+    a, b = make_bundle(tiny, layers=(1,)).models[1], make_bundle(tiny, layers=(1,)).models[1]
+    for p in b.parameters():
+        p.data.mul_(-1.3)
+    heads = FrozenHeads([a, b])
+    h = torch.randn(6, tiny.fingerprint.hidden_size) * 3
+    which = torch.tensor([0, 1, -1, 1, 0, -1])  # -1: no head (the three-way gate's middle)
+    select = torch.stack([which == 0, which == 1], -1)
+    e, g = heads.energy_and_grad(h, select)
+    ea, ga = FrozenEnergy(a).energy_and_grad(h)
+    eb, gb = FrozenEnergy(b).energy_and_grad(h)
+    torch.testing.assert_close(e, torch.stack([ea, eb], -1), atol=1e-5, rtol=1e-5)
+    want = torch.where((which == 0)[:, None], ga, torch.where((which == 1)[:, None], gb, torch.zeros_like(ga)))
+    torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5)
+    for threshold in (None, (float(ea.median()), float(eb.median()))):
+        fused, moved = steer_states(
+            h.bfloat16(),
+            heads,
+            eta=0.1,
+            steps=3,
+            select=select,
+            threshold=None if threshold is None else torch.tensor(threshold),
+        )
+        ref, moved_a = steer_states(
+            h.bfloat16(), a, eta=0.1, steps=3, active=which == 0, threshold=None if threshold is None else threshold[0]
+        )
+        ref, moved_b = steer_states(
+            ref, b, eta=0.1, steps=3, active=which == 1, threshold=None if threshold is None else threshold[1]
+        )
+        assert torch.equal(moved, moved_a | moved_b) and not moved[which == -1].any()
+        torch.testing.assert_close(fused.float(), ref.float(), atol=2e-2, rtol=1e-2)  # bf16 outputs
+        assert torch.equal(fused[~moved], h.bfloat16()[~moved])  # unmoved rows: bit for bit

@@ -105,3 +105,55 @@ def test_gate_recall_candidates_use_the_thresholds_stored_at_training(tmp_path, 
     assert res.chosen is not None and res.chosen.gate_recall == 0.9
     saved = EnergyBundle.load(tmp_path / "bundle")
     assert saved.gate_threshold == 5.0 and saved.gate_metrics["recall_target"] == 0.9
+
+
+def test_route_recall_makes_a_three_way_gate_and_macro_weighs_sources_equally(tiny):
+    from eds.bundle import BundleError
+    from eds.probe import HarmProbe
+
+    b = random_bundle(tiny, layers=(1, 2))
+    table = {
+        "0.8": {"threshold": 9.0, "harmful_caught": 0.8, "benign_passed": 0.99},
+        "0.9": {"threshold": 5.0, "harmful_caught": 0.9, "benign_passed": 0.97},
+    }
+    b.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 1, 5.0, {"recall_target": 0.9, "by_recall": table})
+    three = b.with_gate_recall(0.9, 0.8)
+    assert (three.gate_threshold, three.route_threshold) == (5.0, 9.0) and b.route_threshold is None
+    assert three.gate_metrics["route"]["recall_target"] == 0.8
+    with pytest.raises(BundleError, match="must not exceed"):
+        b.with_gate_recall(0.8, 0.9)
+    cands = candidates(TuneConfig(etas=(0.05,), gate_recall=(0.8, 0.9), route_recall=(None, 0.8)), b)
+    # (0.8, None), (0.8, 0.8), (0.9, None), (0.9, 0.8): all valid; route_recall 0.9 under 0.8 would not be
+    assert [(c.gate_recall, c.route_recall) for c in cands] == [(0.8, None), (0.8, 0.8), (0.9, None), (0.9, 0.8)]
+    assert "route_recall=0.8" in cands[3].name and "route_recall" not in cands[3].overrides()
+    assert cands[3].bundle(b).route_threshold == 9.0 and cands[2].bundle(b).route_threshold is None
+    # a big source and a small one: pooled compliance follows the big one, macro weighs them equally
+    base = EvalResult(
+        [
+            DatasetResult("big", "benign", Rate(40, 100), Rate(0, 100)),
+            DatasetResult("small", "benign", Rate(5, 10), Rate(0, 10)),
+            DatasetResult("adv", "harmful", Rate(80, 100), Rate(0, 100)),
+        ]
+    )
+    runs = [  # helps the big source only / the small one most
+        EvalResult(
+            [
+                DatasetResult("big", "benign", Rate(10, 100), Rate(0, 100)),
+                DatasetResult("small", "benign", Rate(6, 10), Rate(0, 10)),
+                DatasetResult("adv", "harmful", Rate(80, 100), Rate(0, 100)),
+            ]
+        ),
+        EvalResult(
+            [
+                DatasetResult("big", "benign", Rate(20, 100), Rate(0, 100)),
+                DatasetResult("small", "benign", Rate(0, 10), Rate(0, 10)),
+                DatasetResult("adv", "harmful", Rate(80, 100), Rate(0, 100)),
+            ]
+        ),
+    ]
+    rows = [{"setting": {"eta": 0.05}, **score(base, r, 0.01)} for r in runs]
+    assert rows[0]["benign_compliance"] > rows[1]["benign_compliance"]
+    assert rows[1]["benign_compliance_macro"] == pytest.approx((0.8 + 1.0) / 2)
+    assert pick(rows, "pooled") == 0 and pick(rows, "macro") == 1
+    with pytest.raises(ValueError, match="objective"):
+        pick(rows, "median")

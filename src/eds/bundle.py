@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .energy import EnergyMLP, FrozenEnergy
+from .energy import EnergyMLP, FrozenEnergy, FrozenHeads
 from .io import sha256_file, versions
 from .models import Fingerprint, LoadedModel, ModelError
 from .probe import HarmProbe
@@ -66,6 +66,9 @@ class EnergyBundle:
     gate_layer: int | None = None
     gate_threshold: float | None = None
     gate_metrics: dict[str, Any] = field(default_factory=dict)
+    # with routing, rows whose gate logit is above this go toward refusal; rows between gate_threshold
+    # and it are left alone (a three-way gate). None: the same as gate_threshold (two-way).
+    route_threshold: float | None = None
     # energy models for the rows the gate flags, trained on harmful prompts only (low energy = refused)
     refuse_models: dict[int, EnergyMLP] = field(default_factory=dict)
     refuse_thresholds: dict[int, float] = field(default_factory=dict)
@@ -80,6 +83,13 @@ class EnergyBundle:
             self._device_cache[key] = FrozenEnergy((self.refuse_models if refuse else self.models)[layer]).to(device)
         return self._device_cache[key]
 
+    def frozen_heads(self, layer: int, device: torch.device | str) -> FrozenHeads:
+        """The layer's energy model and refuse model as one stacked network (heads 0 and 1) on `device`."""
+        key = (f"heads{layer}", str(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = FrozenHeads([self.models[layer], self.refuse_models[layer]]).to(device)
+        return self._device_cache[key]
+
     def set_refuse(self, result: Any) -> None:
         """Add refuse models for this bundle's layers from a TrainResult on harmful prompts only."""
         missing = [layer for layer in self.layers if layer not in result.models]
@@ -89,7 +99,7 @@ class EnergyBundle:
         self.refuse_models = {layer: result.models[layer] for layer in self.layers}
         self.refuse_thresholds = {layer: thresholds[layer] for layer in self.layers}
         self.refuse_metrics = result.table()
-        self._device_cache = {k: v for k, v in self._device_cache.items() if not k[0].startswith("refuse")}
+        self._device_cache = {k: v for k, v in self._device_cache.items() if not k[0].startswith(("refuse", "heads"))}
 
     def gate_on(self, device: torch.device | str) -> HarmProbe | None:
         if self.gate is None:
@@ -126,6 +136,8 @@ class EnergyBundle:
             "gate": [self.gate_layer, self.gate_threshold],
             "steering": asdict(self.steering),
         }
+        if self.route_threshold is not None:  # only then, so two-way bundles keep their digest
+            meta["route_threshold"] = self.route_threshold
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -146,17 +158,32 @@ class EnergyBundle:
             refuse_thresholds={k: v for k, v in self.refuse_thresholds.items() if k in layers},
         )
 
-    def with_gate_recall(self, recall: float) -> EnergyBundle:
+    def with_gate_recall(self, recall: float, route_recall: float | None = None) -> EnergyBundle:
         """The same bundle with the gate threshold that catches `recall` of the validation harmful
-        prompts (thresholds for several recalls are stored at training time)."""
+        prompts (thresholds for several recalls are stored at training time).
+
+        `route_recall` (at most `recall`) makes the gate three-way for routing: only rows above its
+        higher threshold are steered toward refusal, rows between the two are left unsteered, so a
+        request the gate is unsure about keeps the base model's behaviour instead of being pushed."""
         table = self.gate_metrics.get("by_recall", {})
-        if self.gate is None or str(recall) not in table:
-            have = ", ".join(sorted(table)) or "none (retrain the bundle with this eds version)"
-            raise BundleError(f"no gate threshold stored for recall {recall}; stored: {have}")
+        for r in (recall, route_recall):
+            if r is not None and (self.gate is None or str(r) not in table):
+                have = ", ".join(sorted(table)) or "none (retrain the bundle with this eds version)"
+                raise BundleError(f"no gate threshold stored for recall {r}; stored: {have}")
+        if route_recall is not None and route_recall > recall:
+            raise BundleError(
+                f"route recall {route_recall} must not exceed the gate recall {recall}: the refusal side "
+                "takes the rows the gate is surest about"
+            )
+        metrics = {**self.gate_metrics, "recall_target": recall, **table[str(recall)]}
+        metrics.pop("route", None)
+        if route_recall is not None:
+            metrics["route"] = {"recall_target": route_recall, **table[str(route_recall)]}
         return replace(
             self,
             gate_threshold=table[str(recall)]["threshold"],
-            gate_metrics={**self.gate_metrics, "recall_target": recall, **table[str(recall)]},
+            route_threshold=None if route_recall is None else table[str(route_recall)]["threshold"],
+            gate_metrics=metrics,
         )
 
     @classmethod
@@ -237,7 +264,12 @@ class EnergyBundle:
             "weights_sha256": sha256_file(path / WEIGHTS),
             "gate": None
             if self.gate is None
-            else {"layer": self.gate_layer, "threshold": self.gate_threshold, "metrics": self.gate_metrics},
+            else {
+                "layer": self.gate_layer,
+                "threshold": self.gate_threshold,
+                "route_threshold": self.route_threshold,
+                "metrics": self.gate_metrics,
+            },
             "refuse": None
             if not self.refuse_models
             else {
@@ -316,6 +348,8 @@ class EnergyBundle:
                 raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
             g = cfg["gate"]
             bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
+            if g.get("route_threshold") is not None:
+                bundle.route_threshold = float(g["route_threshold"])
         if cfg.get("refuse"):
             r = cfg["refuse"]
             bundle.refuse_models, bundle.refuse_thresholds = cls._models(

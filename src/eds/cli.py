@@ -451,6 +451,16 @@ def tune_cmd(
         list[float] | None,
         typer.Option(help="gate thresholds to try, by the share of val harmful prompts they flag (repeatable)"),
     ] = None,
+    route_recall: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
+            "between the two unsteered (repeatable)"
+        ),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="benign compliance averaged over val sources (macro) or over prompts (pooled)")
+    ] = "macro",
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
@@ -463,13 +473,14 @@ def tune_cmd(
     from .evaluate import EvalError
     from .tune import TuneConfig, tune
 
-    cfg = TuneConfig(out=str(out), margin=margin, max_new_tokens=max_new_tokens)
+    cfg = TuneConfig(out=str(out), margin=margin, max_new_tokens=max_new_tokens, objective=objective)
     for name, values in (
         ("etas", eta),
         ("steps", steps),
         ("modes", mode),
         ("top_k", top_k),
         ("gate_recall", gate_recall),
+        ("route_recall", route_recall),
         ("val_sets", val_set),
     ):
         if values:
@@ -483,14 +494,29 @@ def tune_cmd(
         res = tune(lm, b, cfg, bundle_path=bundle if save else None)
     except (BundleError, EvalError, data_mod.DataError, ValueError) as e:
         _fail(str(e))
-    table = Table("setting", "benign compliance", "harmful refusal", "worst harmful drop", "repetition", "safe")
+    table = Table(
+        "setting",
+        "benign compliance (per source)",
+        "(per prompt)",
+        "harmful refusal",
+        "worst harmful drop",
+        "repetition",
+        "safe",
+    )
     table.add_row(
-        "base model", f"{res.base['benign_compliance']:.1%}", f"{res.base['harmful_refusal']:.1%}", "", "", ""
+        "base model",
+        f"{res.base['benign_compliance_macro']:.1%}",
+        f"{res.base['benign_compliance']:.1%}",
+        f"{res.base['harmful_refusal']:.1%}",
+        "",
+        "",
+        "",
     )
     for r in res.rows:
         star = " *" if res.chosen is not None and r["name"] == res.chosen.name else ""
         table.add_row(
             r["name"] + star,
+            f"{r['benign_compliance_macro']:.1%}",
             f"{r['benign_compliance']:.1%}",
             f"{r['harmful_refusal']:.1%}",
             f"{r['max_harmful_refusal_drop']:+.1%}",

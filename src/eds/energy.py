@@ -81,20 +81,59 @@ class FrozenEnergy(nn.Module):
 
     def energy_and_grad(self, h: Tensor, *, need_energy: bool = True, need_grad: bool = True) -> tuple[Tensor, Tensor]:
         """E(h) [N] (zeros if not needed) and dE/dh [N, H] (empty if not needed), float32."""
-        x = h.float()
-        pre: list[Tensor] = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
-            z = torch.addmm(b, x, w.t())
-            pre.append(z)
-            x = F.silu(z)
+        x, pre = _hidden(h, self.weights, self.biases)
         w_out = self.weights[-1]
         energy = torch.addmm(self.biases[-1], x, w_out.t()).squeeze(-1) if need_energy else x.new_zeros(0)
         if not need_grad:
             return energy, x.new_zeros(0)
-        g = w_out.expand(x.shape[0], -1)
-        for w, z in zip(reversed(self.weights[:-1]), reversed(pre), strict=True):
-            g = torch.ops.aten.silu_backward(g, z) @ w
-        return energy, g
+        return energy, _backward(w_out.expand(x.shape[0], -1), self.weights, pre)
+
+
+def _hidden(h: Tensor, weights: nn.ParameterList, biases: nn.ParameterList) -> tuple[Tensor, list[Tensor]]:
+    """The MLP up to its output layer: the last hidden activation and every pre-activation (for backward)."""
+    x = h.float()
+    pre: list[Tensor] = []
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
+        z = torch.addmm(b, x, w.t())
+        pre.append(z)
+        x = F.silu(z)
+    return x, pre
+
+
+def _backward(g: Tensor, weights: nn.ParameterList, pre: list[Tensor]) -> Tensor:
+    """Input gradient from the gradient `g` at the last hidden activation (SiLU backward fused)."""
+    for w, z in zip(reversed(weights[:-1]), reversed(pre), strict=True):
+        g = torch.ops.aten.silu_backward(g, z) @ w
+    return g
+
+
+class FrozenHeads(nn.Module):
+    """Several energy models on the same input as one network: first layers stacked, later layers
+    block-diagonal, one output per model (head). Routing steers each row with one head; seeding the
+    hand-written backward with a per-row one-hot `select` gives every row its own head's gradient in a
+    single pass, so two models cost one set of kernels instead of two. Same functions as the
+    FrozenEnergy of each head (to float tolerance)."""
+
+    def __init__(self, mlps: list[EnergyMLP]):
+        super().__init__()
+        if not mlps or len({len(m.linears) for m in mlps}) != 1:
+            raise ValueError("FrozenHeads needs one or more energy models of the same depth")
+        parts = [FrozenEnergy(m) for m in mlps]
+        depth = len(parts[0].weights)
+        ws = [torch.cat([p.weights[0] for p in parts])]
+        ws += [torch.block_diag(*[p.weights[i] for p in parts]) for i in range(1, depth)]
+        bs = [torch.cat([p.biases[i] for p in parts]) for i in range(depth)]
+        self.heads = len(parts)
+        self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in ws)
+        self.biases = nn.ParameterList(nn.Parameter(b, requires_grad=False) for b in bs)
+
+    def energy_and_grad(self, h: Tensor, select: Tensor, *, need_energy: bool = True) -> tuple[Tensor, Tensor]:
+        """Energies of every head [N, heads] (empty if not needed) and, per row, the input gradient of
+        the heads weighted by `select` [N, heads] (one-hot: that head's dE/dh; all zero: zero), float32."""
+        x, pre = _hidden(h, self.weights, self.biases)
+        w_out = self.weights[-1]
+        energy = torch.addmm(self.biases[-1], x, w_out.t()) if need_energy else x.new_zeros(0)
+        return energy, _backward(select.to(w_out.dtype) @ w_out, self.weights, pre)
 
 
 def info_nce(e_good: Tensor, e_bad: Tensor, temperature: float) -> Tensor:

@@ -18,27 +18,34 @@ import torch
 from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .energy import EnergyMLP, FrozenEnergy
+from .energy import EnergyMLP, FrozenEnergy, FrozenHeads
 from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
 
 
 def steer_states(
     h: Tensor,
-    energy: EnergyMLP | FrozenEnergy,
+    energy: EnergyMLP | FrozenEnergy | FrozenHeads,
     *,
     eta: float,
     steps: int,
-    threshold: float | None = None,
+    threshold: float | Tensor | None = None,
     active: Tensor | None = None,
+    select: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Take `steps` steps of h <- h - eta*‖h‖ * dE/dh / ‖dE/dh‖ on states [N, H].
 
     `threshold` (gated mode): a state moves on a step only while its energy is above it.
-    `active` [N] bool: states that may move at all. Returns (new states in h's dtype, moved [N] bool);
-    states that did not move are returned bit for bit."""
-    fast = energy if isinstance(energy, FrozenEnergy) else FrozenEnergy(energy)
+    `active` [N] bool: states that may move at all. With several energy models as one `FrozenHeads`
+    (routing), `select` [N, heads] one-hot says which head moves each row (no head: the row stays) and
+    `threshold` is a [heads] tensor. Returns (new states in h's dtype, moved [N] bool); states that did
+    not move are returned bit for bit."""
     x = h.float()
     size = eta * x.norm(dim=-1, keepdim=True)
+    if isinstance(energy, FrozenHeads):
+        if select is None:
+            raise ValueError("several energy heads need `select`: which head steers each row")
+        return _steer_heads(h, x, size, energy, steps, threshold, select, active)
+    fast = energy if isinstance(energy, FrozenEnergy) else FrozenEnergy(energy)
     if threshold is None and active is None:  # always-on: no energies, no masks
         for _ in range(steps):
             _, g = fast.energy_and_grad(x, need_energy=False)
@@ -50,6 +57,31 @@ def steer_states(
     for _ in range(steps):
         e, g = fast.energy_and_grad(x, need_energy=threshold is not None)
         go = allowed if threshold is None else allowed & (e > threshold)
+        x = torch.addcmul(x, g, go.unsqueeze(-1) * size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
+        moved = moved | go
+    return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
+
+
+def _steer_heads(
+    h: Tensor,
+    x: Tensor,
+    size: Tensor,
+    heads: FrozenHeads,
+    steps: int,
+    threshold: float | Tensor | None,
+    select: Tensor,
+    active: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """steer_states for routed rows: one pass of the stacked heads per step, each row its own head."""
+    sel = select.float()
+    allowed = sel.sum(-1) > 0
+    if active is not None:
+        allowed = allowed & active.bool()
+    row_threshold = None if threshold is None else sel @ torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device)
+    moved = torch.zeros_like(allowed)
+    for _ in range(steps):
+        e, g = heads.energy_and_grad(x, sel, need_energy=row_threshold is not None)
+        go = allowed if row_threshold is None else allowed & ((e * sel).sum(-1) > row_threshold)
         x = torch.addcmul(x, g, go.unsqueeze(-1) * size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
         moved = moved | go
     return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
@@ -76,6 +108,7 @@ class _Phase:
     steering: bool = False  # whether this forward's newest position is steered (settings and gen_index)
     stats: SteerStats = field(default_factory=SteerStats)
     allow: Tensor | None = None  # [B] rows the harmfulness gate lets be steered (None = all)
+    select: Tensor | None = None  # [B, 2] with routing: one-hot (answer head, refuse head), or no head
 
 
 def _cache_len(kwargs: dict[str, Any], t: int) -> int | None:
@@ -154,10 +187,9 @@ def steer(
     route = settings.route and settings.harm_gate and bundle.gate_layer is not None
     if route and not all(layer in bundle.refuse_models for layer in use):
         raise BundleError("route=True needs refuse models for the steered layers (train with --route)")
-    refusers = (
-        {layer: bundle.frozen(layer, _device_of(layer_modules[layer], device), refuse=True) for layer in use}
-        if route
-        else {}
+    # with routing, each layer's answer and refuse models run as one stacked network (FrozenHeads)
+    heads = (
+        {layer: bundle.frozen_heads(layer, _device_of(layer_modules[layer], device)) for layer in use} if route else {}
     )
     phase = _Phase()
     limit = {"prompt": 0, "all": None}.get(settings.positions, settings.positions)  # type: ignore[arg-type]
@@ -169,7 +201,7 @@ def steer(
             phase.prompt_len = (past or 0) + t
             phase.gen_index = -1
             phase.stats.reset(batch, device)
-            phase.allow = None
+            phase.allow = phase.select = None
         else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
         j = phase.gen_index
@@ -179,32 +211,24 @@ def steer(
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
         gate = threshold if settings.mode == "gated" else None
-        refuser = refusers.get(layer)
-        refuse_gate = bundle.refuse_thresholds.get(layer) if settings.mode == "gated" else None
+        stacked = heads.get(layer)
+        head_gates = (
+            torch.tensor([threshold, bundle.refuse_thresholds[layer]], device=stacked.weights[0].device)
+            if stacked is not None and settings.mode == "gated"
+            else None
+        )
 
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
             if not phase.steering:
                 return None
             hidden = layer_input(args, kwargs)
             last = hidden[:, -1, :]
-            new_last, moved = steer_states(
-                last,
-                energy,
-                eta=settings.eta,
-                steps=settings.steps,
-                threshold=gate,
-                active=None if phase.allow is None else phase.allow.to(last.device),
-            )
-            if refuser is not None and phase.allow is not None:  # flagged rows: toward refusal
-                new_last, moved_r = steer_states(
-                    new_last,
-                    refuser,
-                    eta=settings.eta,
-                    steps=settings.steps,
-                    threshold=refuse_gate,
-                    active=~phase.allow.to(last.device),
-                )
-                moved = moved | moved_r
+            if stacked is not None and phase.select is not None:  # routed: each row by its own head
+                model, kw = stacked, {"threshold": head_gates, "select": phase.select.to(last.device)}
+            else:
+                active = None if phase.allow is None else phase.allow.to(last.device)
+                model, kw = energy, {"threshold": gate, "active": active}
+            new_last, moved = steer_states(last, model, eta=settings.eta, steps=settings.steps, **kw)
             if phase.stats.moved is not None:
                 phase.stats.moved += moved.to(phase.stats.moved.device)
             if hidden.shape[1] == 1:
@@ -222,11 +246,15 @@ def steer(
     if settings.harm_gate and bundle.gate_layer is not None:
         probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
     gate_threshold = bundle.gate_threshold
+    route_threshold = gate_threshold if bundle.route_threshold is None else bundle.route_threshold
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
             hidden = layer_input(args, kwargs)
-            phase.allow = probe(hidden[:, -1, :]) <= gate_threshold
+            logit = probe(hidden[:, -1, :])
+            phase.allow = logit <= gate_threshold
+            if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
+                phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)
 
     handles = []
     try:
