@@ -231,10 +231,13 @@ def autograd_reference(h, mlp, eta, steps, threshold=None):
     return x
 
 
+@pytest.mark.parametrize("widths", [(32, 16), (64, 32, 16)])  # narrower or wider than H, and deeper
 @pytest.mark.parametrize("threshold", [None, "median"])
-def test_fast_path_matches_autograd(threshold):
+def test_fast_path_matches_autograd(threshold, widths):
+    """The steering core steps in the first layer's space (Gram matrix); autograd steps in the residual
+    space, one gradient at a time: the states must agree."""
     torch.manual_seed(3)
-    mlp = EnergyMLP(48, (32, 16))
+    mlp = EnergyMLP(48, widths)
     mlp.set_input_stats(torch.randn(200, 48) * 5 + 2)
     mlp.requires_grad_(False)
     h = torch.randn(64, 48) * 5 + 2

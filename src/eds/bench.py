@@ -561,8 +561,8 @@ def patch_steer_states_compiled() -> None:
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     compiled = torch.compile(steer_states, dynamic=False)
 
-    def patched(h, energy, *, eta, steps, threshold=None, active=None):
-        return compiled(h, energy, eta=eta, steps=steps, threshold=threshold, active=active)
+    def patched(h, energy, **kwargs):
+        return compiled(h, energy, **kwargs)
 
     mod.steer_states = patched
 

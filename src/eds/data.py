@@ -204,10 +204,24 @@ JAILBREAK_TRAIN: tuple[str, ...] = (
     "jb:pyrit-wild:alpaca:train:80",
     "jb:pyrit-wild:contrast:train:40",
 )
+#: Train prompts asked about the past or the future (eds-written frames, no asset needed), harmful and
+#: benign alike: tense rephrasing is a known attack on refusal training.
+TENSE_TRAIN: tuple[str, ...] = (
+    "jb:eds-tense:advbench:train:80",
+    "jb:eds-tense:donotanswer:train:50",
+    "jb:eds-tense:alpaca:train:60",
+    "jb:eds-tense:contrast:train:50",
+)
 #: What the results' bundle was trained on (docs/results.md): the default mixture plus short benign
 #: prompts with harm-sounding words (alpaca_scary), the contrast set (benign ones in a safe sense and
-#: minimal harmful contrasts) and the jailbreak-wrapped train prompts.
-RECIPE_MIXTURE: tuple[str, ...] = (*DEFAULT_MIXTURE, "alpaca_scary:train", "contrast:train", *JAILBREAK_TRAIN)
+#: minimal harmful contrasts), the jailbreak-wrapped and the tense-framed train prompts.
+RECIPE_MIXTURE: tuple[str, ...] = (
+    *DEFAULT_MIXTURE,
+    "alpaca_scary:train",
+    "contrast:train",
+    *JAILBREAK_TRAIN,
+    *TENSE_TRAIN,
+)
 
 
 def stratified_limit(prompts: list[Prompt], limit: int, *, seed: int = 0) -> list[Prompt]:

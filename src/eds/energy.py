@@ -75,6 +75,7 @@ class FrozenEnergy(nn.Module):
         bs[0] = bs[0] - ws[0] @ mlp.mean.float()
         self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in ws)
         self.biases = nn.ParameterList(nn.Parameter(b, requires_grad=False) for b in bs)
+        self.gram = _gram(ws[0])
 
     def forward(self, h: Tensor) -> Tensor:
         return self.energy_and_grad(h, need_grad=False)[0]
@@ -87,6 +88,11 @@ class FrozenEnergy(nn.Module):
         if not need_grad:
             return energy, x.new_zeros(0)
         return energy, _backward(w_out.expand(x.shape[0], -1), self.weights, pre)
+
+
+def _gram(w1: Tensor) -> nn.Parameter:
+    """W1 W1ᵀ (accumulated in float64): lets steering step in the first layer's space (eds.steer)."""
+    return nn.Parameter((w1.double() @ w1.double().t()).float(), requires_grad=False)
 
 
 def _hidden(h: Tensor, weights: nn.ParameterList, biases: nn.ParameterList) -> tuple[Tensor, list[Tensor]]:
@@ -126,6 +132,7 @@ class FrozenHeads(nn.Module):
         self.heads = len(parts)
         self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in ws)
         self.biases = nn.ParameterList(nn.Parameter(b, requires_grad=False) for b in bs)
+        self.gram = _gram(ws[0])
 
     def energy_and_grad(self, h: Tensor, select: Tensor, *, need_energy: bool = True) -> tuple[Tensor, Tensor]:
         """Energies of every head [N, heads] (empty if not needed) and, per row, the input gradient of

@@ -137,12 +137,12 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         col.fingerprint.check(lm.fingerprint, "collection")
     else:
         data = cfg.collect_data
-        if any(s.startswith("jb:") for s in data) and not assets.is_ready("pyrit-jailbreaks"):
+        if any(s.startswith("jb:pyrit-") for s in data) and not assets.is_ready("pyrit-jailbreaks"):
             console.print(
                 "[yellow]jailbreak templates not fetched (`eds fetch --assets`): collecting without the "
                 "jailbreak-wrapped train prompts[/]"
             )
-            data = tuple(s for s in data if not s.startswith("jb:"))
+            data = tuple(s for s in data if not s.startswith("jb:pyrit-"))
         col = collect(lm, out / "collect", CollectConfig(data=data, limit=cfg.collect_limit, seed=cfg.seed))
     console.print({ctx: dict(c) for ctx, c in col.counts().items()})
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
@@ -39,51 +40,65 @@ def steer_states(
     (routing), `select` [N, heads] one-hot says which head moves each row (no head: the row stays) and
     `threshold` is a [heads] tensor. Returns (new states in h's dtype, moved [N] bool); states that did
     not move are returned bit for bit."""
-    x = h.float()
-    size = eta * x.norm(dim=-1, keepdim=True)
-    if isinstance(energy, FrozenHeads):
+    net = energy if isinstance(energy, FrozenEnergy | FrozenHeads) else FrozenEnergy(energy)
+    sel = None
+    allowed = None if active is None else active.bool()
+    if isinstance(net, FrozenHeads):
         if select is None:
             raise ValueError("several energy heads need `select`: which head steers each row")
-        return _steer_heads(h, x, size, energy, steps, threshold, select, active)
-    fast = energy if isinstance(energy, FrozenEnergy) else FrozenEnergy(energy)
-    if threshold is None and active is None:  # always-on: no energies, no masks
-        for _ in range(steps):
-            _, g = fast.energy_and_grad(x, need_energy=False)
-            x = torch.addcmul(x, g, size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
-        moved = torch.full((h.shape[0],), steps > 0, dtype=torch.bool, device=h.device)
-        return (x.to(h.dtype) if steps else h), moved
-    allowed = torch.ones(h.shape[0], dtype=torch.bool, device=h.device) if active is None else active.bool()
-    moved = torch.zeros_like(allowed)
-    for _ in range(steps):
-        e, g = fast.energy_and_grad(x, need_energy=threshold is not None)
-        go = allowed if threshold is None else allowed & (e > threshold)
-        x = torch.addcmul(x, g, go.unsqueeze(-1) * size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
-        moved = moved | go
-    return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
+        sel = select.float()
+        allowed = sel.sum(-1) > 0 if allowed is None else allowed & (sel.sum(-1) > 0)
+        if threshold is not None:  # each row's threshold is its head's
+            threshold = sel @ torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device)
+    return _descend(net, h, eta, steps, threshold, allowed, sel)
 
 
-def _steer_heads(
+def _descend(
+    net: FrozenEnergy | FrozenHeads,
     h: Tensor,
-    x: Tensor,
-    size: Tensor,
-    heads: FrozenHeads,
+    eta: float,
     steps: int,
     threshold: float | Tensor | None,
-    select: Tensor,
-    active: Tensor | None,
+    allowed: Tensor | None,
+    sel: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """steer_states for routed rows: one pass of the stacked heads per step, each row its own head."""
-    sel = select.float()
-    allowed = sel.sum(-1) > 0
-    if active is not None:
-        allowed = allowed & active.bool()
-    row_threshold = None if threshold is None else sel @ torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device)
-    moved = torch.zeros_like(allowed)
+    """The descent, carried out in the space of the first layer's pre-activations z1 = W1 x + b1.
+
+    dE/dx = u W1 with u = dE/dz1, so a step x -= s (u W1) moves z1 by -s u (W1 W1ᵀ), and
+    ‖dE/dx‖² = u (W1 W1ᵀ) uᵀ. With the Gram matrix W1 W1ᵀ (width² numbers, computed once per
+    model) each step costs one width×width product instead of two H×width ones, and x itself is
+    updated once at the end (x - Σ s_k u_k W1): a third less arithmetic and weight traffic than
+    stepping in the residual space, for the same states up to float rounding."""
+    w, b = net.weights, net.biases
+    x = h.float()
+    size = eta * x.norm(dim=-1, keepdim=True)
+    z1 = torch.addmm(b[0], x, w[0].t())
+    total = torch.zeros_like(z1)  # Σ_k s_k u_k
+    masked = threshold is not None or allowed is not None
+    moved = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device) if masked else None
     for _ in range(steps):
-        e, g = heads.energy_and_grad(x, sel, need_energy=row_threshold is not None)
-        go = allowed if row_threshold is None else allowed & ((e * sel).sum(-1) > row_threshold)
-        x = torch.addcmul(x, g, go.unsqueeze(-1) * size / g.norm(dim=-1, keepdim=True).clamp_min(1e-12), value=-1.0)
-        moved = moved | go
+        a, pre = F.silu(z1), [z1]
+        for wi, bi in zip(w[1:-1], b[1:-1], strict=True):
+            pre.append(torch.addmm(bi, a, wi.t()))
+            a = F.silu(pre[-1])
+        g = w[-1].expand(a.shape[0], -1) if sel is None else sel @ w[-1]
+        for wi, z in zip(reversed(w[1:-1]), reversed(pre[1:]), strict=True):
+            g = torch.ops.aten.silu_backward(g, z) @ wi
+        u = torch.ops.aten.silu_backward(g, z1)  # dE/dz1
+        v = u @ net.gram  # (dE/dx) W1ᵀ
+        s = size * torch.linalg.vecdot(u, v).unsqueeze(-1).clamp_min(1e-24).rsqrt()  # η‖h‖ / ‖dE/dx‖
+        if moved is not None:
+            go = torch.ones_like(moved) if allowed is None else allowed
+            if threshold is not None:
+                e = torch.addmm(b[-1], a, w[-1].t())
+                go = go & ((e.squeeze(-1) if sel is None else (e * sel).sum(-1)) > threshold)
+            s = s * go.unsqueeze(-1)
+            moved = moved | go
+        z1 = torch.addcmul(z1, v, s, value=-1.0)
+        total = torch.addcmul(total, u, s)
+    x = torch.addmm(x, total, w[0], alpha=-1.0)
+    if moved is None:  # always-on: every state moved (if there was a step)
+        return (x.to(h.dtype) if steps else h), torch.full((h.shape[0],), steps > 0, dtype=torch.bool, device=h.device)
     return torch.where(moved.unsqueeze(-1), x.to(h.dtype), h), moved
 
 
