@@ -38,7 +38,7 @@ class RunConfig:
     mode: str = "always"
     harm_gate: bool = True
     route: bool = True
-    gate_recall: float = 0.97
+    gate_recall: float = 0.9  # what `eds tune` chose for the results' bundle (docs/results.md)
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
         "orbench_hard:val:60",
@@ -47,6 +47,8 @@ class RunConfig:
         "advbench:val:40",
         "donotanswer:val:40",
         "harmbench:val",
+        "jb:eds-tense:advbench:val:20",
+        "jb:eds-tense:alpaca:val:20",
     )
     test_sets: tuple[str, ...] = (
         "orbench_hard:test:100",
