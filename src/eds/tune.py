@@ -270,10 +270,9 @@ def plot_tradeoff(result: TuneResult, path: Path, margin: float, objective: str 
     ax.axvline(base_h - margin, color="red", ls=":", lw=1, label=f"base − {margin:.0%} (pooled; rule is per source)")
     ax.set_xlabel("harmful refusal, val (higher is safer)")
     kind = "mean over sources" if y.endswith("macro") else "all prompts"
-    ax.set_ylabel(f"benign compliance, val, {kind} (higher is more helpful)")
+    ax.set_ylabel(f"benign compliance, val, {kind}\n(higher is more helpful)")
     ax.set_title("Steering trade-off on validation prompts")
     ax.margins(0.08)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the axes stays in the picture
     plt.close(fig)
