@@ -473,48 +473,51 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
         per_batch[str(b)] = r
     out["steer_states"] = per_batch
 
-    # 3. one decode forward of the whole model, plain vs steered (cache built by a prefill)
+    # 3. one decode forward of the whole model, plain vs steered (cache built by a prefill). The two
+    # arms alternate step by step, so a drift of the host's speed hits both alike.
     from transformers import DynamicCache
 
     fwd: dict[str, Any] = {}
     ckw = cache_keyword(model)
+
+    def arm(mode: str) -> Any:
+        return steer(model, bundle, mode=mode) if mode != "plain" else contextlib.nullcontext()
+
     for b in args.profile_batches:
         ids = torch.randint(1, vocab, (b, args.prompt_len), device=device)
-        row: dict[str, Any] = {}
+        state: dict[str, dict[str, Any]] = {}
         for mode in ("plain", "always"):
-            ctx = steer(model, bundle, mode=mode) if mode != "plain" else contextlib.nullcontext()
-            with torch.inference_mode(), ctx:
+            with torch.inference_mode(), arm(mode):
                 cache = DynamicCache()
                 mask = torch.ones(b, args.prompt_len, dtype=torch.long, device=device)
                 o = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{ckw: cache})
-                nxt = o.logits[:, -1:].argmax(-1)
+                state[mode] = {"nxt": o.logits[:, -1:].argmax(-1), "mask": mask, "cache": cache}
 
-                state = {"nxt": nxt, "mask": mask}
+        def step(st: dict[str, Any]) -> None:
+            st["mask"] = torch.cat([st["mask"], st["mask"][:, :1]], dim=1)
+            o = model(
+                input_ids=st["nxt"], attention_mask=st["mask"], use_cache=True, logits_to_keep=1, **{ckw: st["cache"]}
+            )
+            st["nxt"] = o.logits[:, -1:].argmax(-1)
 
-                def step(state=state, cache=cache):
-                    state["mask"] = torch.cat([state["mask"], state["mask"][:, :1]], dim=1)
-                    o = model(
-                        input_ids=state["nxt"],
-                        attention_mask=state["mask"],
-                        use_cache=True,
-                        **{ckw: cache},
-                        logits_to_keep=1,
-                    )
-                    state["nxt"] = o.logits[:, -1:].argmax(-1)
-
-                for _ in range(3):
-                    step()
-                times = []
-                for _ in range(20):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    step()
-                    sync(device)
-                    times.append(1e3 * (time.perf_counter() - t0))
-                host = _host_ms(step, 10)
-                kern, table = _kernels(step, device, n=3)
+        times: dict[str, list[float]] = {"plain": [], "always": []}
+        with torch.inference_mode():
+            for i in range(23):
+                for mode in ("plain", "always"):
+                    with arm(mode):
+                        sync(device)
+                        t0 = time.perf_counter()
+                        step(state[mode])
+                        sync(device)
+                        if i >= 3:  # warm-up
+                            times[mode].append(1e3 * (time.perf_counter() - t0))
+        row: dict[str, Any] = {}
+        for mode in ("plain", "always"):
+            with torch.inference_mode(), arm(mode):
+                host = _host_ms(lambda st=state[mode]: step(st), 10)
+                kern, table = _kernels(lambda st=state[mode]: step(st), device, n=3)
             row[mode] = {
-                "ms_per_step": statistics.median(times),
+                "ms_per_step": statistics.median(times[mode]),
                 "host_ms_per_step_no_sync": host,
                 "kernels_per_step": kern,
             }
@@ -523,6 +526,9 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
         row["extra_ms"] = row["always"]["ms_per_step"] - row["plain"]["ms_per_step"]
         row["extra_kernels"] = row["always"]["kernels_per_step"] - row["plain"]["kernels_per_step"]
         row["overhead_pct"] = 100 * row["extra_ms"] / row["plain"]["ms_per_step"]
+        row["paired_overhead_pct"] = 100 * (
+            statistics.median(a / p for a, p in zip(times["always"], times["plain"], strict=True)) - 1
+        )
         fwd[str(b)] = row
     out["decode_forward"] = fwd
 
@@ -688,13 +694,14 @@ def markdown(doc: dict[str, Any]) -> str:
             elif c:
                 line += f"; torch.compile(fullgraph) failed: {c.get('error')}"
             lines.append(line)
+        nan = float("nan")
         for b, r in prof["decode_forward"].items():
             lines.append(
                 f"- one decode forward, batch {b}: plain {r['plain']['ms_per_step']:.2f} ms "
                 f"({r['plain']['kernels_per_step']:.0f} kernels), steered {r['always']['ms_per_step']:.2f} ms "
-                f"({r['always']['kernels_per_step']:.0f} kernels): +{r['extra_ms']:.2f} ms "
-                f"({r['overhead_pct']:+.1f}%), "
-                f"+{r['extra_kernels']:.0f} kernels"
+                f"({r['always']['kernels_per_step']:.0f} kernels): {r['extra_ms']:+.2f} ms "
+                f"({r['overhead_pct']:+.1f}%; paired, step by step: {r.get('paired_overhead_pct', nan):+.1f}%), "
+                f"+{r['extra_kernels']:.0f} kernels (medians of 20 alternating steps)"
             )
         lines.append(
             "- entering+leaving steer(): "
