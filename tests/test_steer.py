@@ -452,3 +452,38 @@ def test_stacked_heads_match_each_energy_model(tiny):
         assert torch.equal(moved, moved_a | moved_b) and not moved[which == -1].any()
         torch.testing.assert_close(fused.float(), ref.float(), atol=2e-2, rtol=1e-2)  # bf16 outputs
         assert torch.equal(fused[~moved], h.bfloat16()[~moved])  # unmoved rows: bit for bit
+
+
+def test_a_route_threshold_below_the_gate_never_steers_a_row_both_ways(tiny, tmp_path):
+    """route_threshold is clamped to the gate threshold in steer(), refused at load, and reset by a new gate;
+    a single float threshold serves every head of a FrozenHeads."""
+    from types import SimpleNamespace
+
+    from eds.energy import FrozenHeads
+    from eds.steer import steer_states
+
+    prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?"]
+    bundle = make_bundle(tiny, layers=(1,))
+    refusers = make_bundle(tiny, layers=(1,))
+    bundle.set_refuse(
+        SimpleNamespace(models=refusers.models, results=[SimpleNamespace(layer=1, threshold=0.5)], table=lambda: [])
+    )
+    probe, threshold = gate_for(tiny, 1, 0, prompts)
+    bundle.set_gate(probe, 1, threshold)
+    enc = tiny.encode(prompts)
+    with steer(tiny, bundle, eta=0.2, route=True):
+        two_way, _ = layer_inputs(tiny, enc)
+    bundle.route_threshold = threshold - 100.0  # would put every row above it
+    with steer(tiny, bundle, eta=0.2, route=True) as handle:
+        clamped, _ = layer_inputs(tiny, enc)
+    assert handle.stats.moved.tolist() == [1, 1] and torch.equal(clamped[1], two_way[1])
+    bundle.save(tmp_path / "b")
+    with pytest.raises(BundleError, match="below the gate threshold"):
+        EnergyBundle.load(tmp_path / "b")
+    bundle.set_gate(probe, 1, threshold)
+    assert bundle.route_threshold is None
+    heads = FrozenHeads([bundle.models[1], refusers.models[1]])
+    h = torch.randn(3, tiny.fingerprint.hidden_size)
+    select = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    _, moved = steer_states(h, heads, eta=0.1, steps=2, select=select, threshold=-1e9)
+    assert moved.tolist() == [True, True, False]

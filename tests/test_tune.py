@@ -157,3 +157,9 @@ def test_route_recall_makes_a_three_way_gate_and_macro_weighs_sources_equally(ti
     assert pick(rows, "pooled") == 0 and pick(rows, "macro") == 1
     with pytest.raises(ValueError, match="objective"):
         pick(rows, "median")
+
+
+def test_tune_checks_its_objective_before_generating(tmp_path, tiny):
+    with pytest.raises(ValueError, match="objective"):
+        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), objective="mean"))
+    assert not (tmp_path / "base.jsonl").exists()

@@ -117,6 +117,7 @@ class EnergyBundle:
             )
         self.gate, self.gate_layer, self.gate_threshold = probe.eval().requires_grad_(False), layer, threshold
         self.gate_metrics = metrics or {}
+        self.route_threshold = None  # a new gate: any three-way threshold belonged to the old one
         self._device_cache = {k: v for k, v in self._device_cache.items() if k[0] != "gate"}
 
     def digest(self, *, include_steering: bool = True) -> str:
@@ -138,6 +139,8 @@ class EnergyBundle:
         }
         if self.route_threshold is not None:  # only then, so two-way bundles keep their digest
             meta["route_threshold"] = self.route_threshold
+        if self.refuse_thresholds:  # they decide routed steering in gated mode
+            meta["refuse_thresholds"] = self.refuse_thresholds
         h.update(json.dumps(meta, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -349,6 +352,11 @@ class EnergyBundle:
             g = cfg["gate"]
             bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
             if g.get("route_threshold") is not None:
+                if float(g["route_threshold"]) < bundle.gate_threshold:  # type: ignore[operator]
+                    raise BundleError(
+                        f"{w_path.parent}: route_threshold {g['route_threshold']} is below the gate threshold "
+                        f"{g['threshold']}: a row would be steered both ways"
+                    )
                 bundle.route_threshold = float(g["route_threshold"])
         if cfg.get("refuse"):
             r = cfg["refuse"]

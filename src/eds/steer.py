@@ -48,8 +48,9 @@ def steer_states(
             raise ValueError("several energy heads need `select`: which head steers each row")
         sel = select.float()
         allowed = sel.sum(-1) > 0 if allowed is None else allowed & (sel.sum(-1) > 0)
-        if threshold is not None:  # each row's threshold is its head's
-            threshold = sel @ torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device)
+        if threshold is not None:  # each row's threshold is its head's (one number: the same for every head)
+            per_head = torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device).expand(sel.shape[-1])
+            threshold = sel @ per_head
     return _descend(net, h, eta, steps, threshold, allowed, sel)
 
 
@@ -261,7 +262,8 @@ def steer(
     if settings.harm_gate and bundle.gate_layer is not None:
         probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
     gate_threshold = bundle.gate_threshold
-    route_threshold = gate_threshold if bundle.route_threshold is None else bundle.route_threshold
+    # never below the gate threshold: a row goes one way, the other, or (three-way) neither
+    route_threshold = gate_threshold if bundle.route_threshold is None else max(bundle.route_threshold, gate_threshold)
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt

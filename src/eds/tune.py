@@ -117,13 +117,16 @@ def best_layers(bundle: EnergyBundle, k: int | None) -> list[int]:
 
 
 def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
+    """Every combination of the config's options. route_recall None: a two-way gate when gate_recall is
+    set, the bundle's own gate (as saved) when both are None."""
+    saved = bundle.gate_metrics.get("recall_target")
     return [
         Candidate(eta, steps, mode, best_layers(bundle, k), gate, route, recall, route_recall)
         for eta, steps, mode, k, gate, route, recall, route_recall in itertools.product(
             cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate, cfg.route, cfg.gate_recall, cfg.route_recall
         )
         # a three-way gate whose refusal side would catch more than its answering side excludes is not one
-        if route_recall is None or recall is None or route_recall <= recall
+        if route_recall is None or route_recall <= (recall if recall is not None else (saved or 1.0))
     ]
 
 
@@ -135,7 +138,8 @@ def score(base: EvalResult, run: EvalResult, margin: float) -> dict[str, Any]:
     benign = [d for d in run.datasets if not d.should_refuse]
     return {
         "benign_compliance": sum(d.refused.n - d.refused.k for d in benign) / max(1, sum(d.refused.n for d in benign)),
-        "benign_compliance_macro": sum(1 - d.refused.value for d in benign) / max(1, len(benign)),
+        "benign_compliance_macro": sum(1 - d.refused.value for d in benign if d.refused.n)
+        / max(1, sum(1 for d in benign if d.refused.n)),
         "harmful_refusal": sum(d.refused.k for d in harmful) / max(1, sum(d.refused.n for d in harmful)),
         "max_harmful_refusal_drop": harm_drop,
         "repetition": sum(d.repetitive.k for d in run.datasets) / max(1, sum(d.repetitive.n for d in run.datasets)),
@@ -160,6 +164,8 @@ def tune(
 ) -> TuneResult:
     """Evaluate every candidate on the val sets, pick by the safety-first rule, plot, save into the bundle."""
     t0 = time.perf_counter()
+    if cfg.objective not in OBJECTIVES:  # before any generation, not after the sweep
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {cfg.objective!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in cfg.val_sets:
