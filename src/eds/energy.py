@@ -9,6 +9,7 @@ the MLP's backward pass by hand (three matmuls), in float32 whatever the model's
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,12 +83,12 @@ class FrozenEnergy(nn.Module):
 
     def energy_and_grad(self, h: Tensor, *, need_energy: bool = True, need_grad: bool = True) -> tuple[Tensor, Tensor]:
         """E(h) [N] (zeros if not needed) and dE/dh [N, H] (empty if not needed), float32."""
-        x, pre = _hidden(h, self.weights, self.biases)
+        x, pre = mlp_hidden(h, self.weights, self.biases)
         w_out = self.weights[-1]
         energy = torch.addmm(self.biases[-1], x, w_out.t()).squeeze(-1) if need_energy else x.new_zeros(0)
         if not need_grad:
             return energy, x.new_zeros(0)
-        return energy, _backward(w_out.expand(x.shape[0], -1), self.weights, pre)
+        return energy, mlp_backward(w_out.expand(x.shape[0], -1), self.weights, pre)
 
 
 def _gram(w1: Tensor) -> nn.Parameter:
@@ -95,8 +96,9 @@ def _gram(w1: Tensor) -> nn.Parameter:
     return nn.Parameter((w1.double() @ w1.double().t()).float(), requires_grad=False)
 
 
-def _hidden(h: Tensor, weights: nn.ParameterList, biases: nn.ParameterList) -> tuple[Tensor, list[Tensor]]:
-    """The MLP up to its output layer: the last hidden activation and every pre-activation (for backward)."""
+def mlp_hidden(h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The MLP up to its output layer: the last hidden activation and every pre-activation (for backward).
+    `weights`/`biases` may be any tail of a network's layers (eds.steer runs the layers after the first)."""
     x = h.float()
     pre: list[Tensor] = []
     for w, b in zip(weights[:-1], biases[:-1], strict=True):
@@ -106,7 +108,7 @@ def _hidden(h: Tensor, weights: nn.ParameterList, biases: nn.ParameterList) -> t
     return x, pre
 
 
-def _backward(g: Tensor, weights: nn.ParameterList, pre: list[Tensor]) -> Tensor:
+def mlp_backward(g: Tensor, weights: Sequence[Tensor], pre: list[Tensor]) -> Tensor:
     """Input gradient from the gradient `g` at the last hidden activation (SiLU backward fused)."""
     for w, z in zip(reversed(weights[:-1]), reversed(pre), strict=True):
         g = torch.ops.aten.silu_backward(g, z) @ w
@@ -137,10 +139,10 @@ class FrozenHeads(nn.Module):
     def energy_and_grad(self, h: Tensor, select: Tensor, *, need_energy: bool = True) -> tuple[Tensor, Tensor]:
         """Energies of every head [N, heads] (empty if not needed) and, per row, the input gradient of
         the heads weighted by `select` [N, heads] (one-hot: that head's dE/dh; all zero: zero), float32."""
-        x, pre = _hidden(h, self.weights, self.biases)
+        x, pre = mlp_hidden(h, self.weights, self.biases)
         w_out = self.weights[-1]
         energy = torch.addmm(self.biases[-1], x, w_out.t()) if need_energy else x.new_zeros(0)
-        return energy, _backward(select.to(w_out.dtype) @ w_out, self.weights, pre)
+        return energy, mlp_backward(select.to(w_out.dtype) @ w_out, self.weights, pre)
 
 
 def info_nce(e_good: Tensor, e_bad: Tensor, temperature: float) -> Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .energy import EnergyMLP, FrozenEnergy, FrozenHeads
+from .energy import EnergyMLP, FrozenEnergy, FrozenHeads, mlp_backward, mlp_hidden
 from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
 
 
@@ -70,7 +70,7 @@ def _descend(
     model) each step costs one width×width product instead of two H×width ones, and x itself is
     updated once at the end (x - Σ s_k u_k W1): a third less arithmetic and weight traffic than
     stepping in the residual space, for the same states up to float rounding."""
-    w, b = net.weights, net.biases
+    w, b = list(net.weights), list(net.biases)
     x = h.float()
     size = eta * x.norm(dim=-1, keepdim=True)
     z1 = torch.addmm(b[0], x, w[0].t())
@@ -78,13 +78,8 @@ def _descend(
     masked = threshold is not None or allowed is not None
     moved = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device) if masked else None
     for _ in range(steps):
-        a, pre = F.silu(z1), [z1]
-        for wi, bi in zip(w[1:-1], b[1:-1], strict=True):
-            pre.append(torch.addmm(bi, a, wi.t()))
-            a = F.silu(pre[-1])
-        g = w[-1].expand(a.shape[0], -1) if sel is None else sel @ w[-1]
-        for wi, z in zip(reversed(w[1:-1]), reversed(pre[1:]), strict=True):
-            g = torch.ops.aten.silu_backward(g, z) @ wi
+        a, pre = mlp_hidden(F.silu(z1), w[1:], b[1:])  # the layers after the first
+        g = mlp_backward(w[-1].expand(a.shape[0], -1) if sel is None else sel @ w[-1], w[1:], pre)
         u = torch.ops.aten.silu_backward(g, z1)  # dE/dz1
         v = u @ net.gram  # (dE/dx) W1ᵀ
         s = size * torch.linalg.vecdot(u, v).unsqueeze(-1).clamp_min(1e-24).rsqrt()  # η‖h‖ / ‖dE/dx‖
