@@ -40,6 +40,13 @@ VAL_SETS = (
 OBJECTIVES = ("macro", "pooled")
 
 
+def objective_key(objective: str) -> str:
+    """The score that an objective ranks candidates by (a clear error for an unknown one)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    return "benign_compliance_macro" if objective == "macro" else "benign_compliance"
+
+
 @dataclass
 class TuneConfig:
     out: str = "runs/tune"
@@ -150,9 +157,7 @@ def score(base: EvalResult, run: EvalResult, margin: float) -> dict[str, Any]:
 
 def pick(rows: list[dict[str, Any]], objective: str = "macro") -> int | None:
     """Index of the feasible row with the most benign compliance (ties: the smaller eta)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
-    key = "benign_compliance_macro" if objective == "macro" else "benign_compliance"
+    key = objective_key(objective)
     feasible = [i for i, r in enumerate(rows) if r["feasible"]]
     if not feasible:
         return None
@@ -164,8 +169,7 @@ def tune(
 ) -> TuneResult:
     """Evaluate every candidate on the val sets, pick by the safety-first rule, plot, save into the bundle."""
     t0 = time.perf_counter()
-    if cfg.objective not in OBJECTIVES:  # before any generation, not after the sweep
-        raise ValueError(f"objective must be one of {OBJECTIVES}, not {cfg.objective!r}")
+    objective_key(cfg.objective)  # an unknown objective fails before any generation, not after the sweep
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in cfg.val_sets:
@@ -193,14 +197,13 @@ def tune(
         rows.append({"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)})
     i = pick(rows, cfg.objective)
     chosen = cands[i] if i is not None else None
+    base_score = score(base, base, cfg.margin)
     result = TuneResult(
         chosen,
         rows,
         {
             "refusal": {d.name: d.refused.value for d in base.datasets},
-            "benign_compliance": score(base, base, cfg.margin)["benign_compliance"],
-            "benign_compliance_macro": score(base, base, cfg.margin)["benign_compliance_macro"],
-            "harmful_refusal": score(base, base, cfg.margin)["harmful_refusal"],
+            **{k: base_score[k] for k in ("benign_compliance", "benign_compliance_macro", "harmful_refusal")},
         },
         time.perf_counter() - t0,
     )
@@ -231,7 +234,7 @@ def tune(
 def plot_tradeoff(result: TuneResult, path: Path, margin: float, objective: str = "macro") -> None:
     """Benign compliance (the tune objective's kind) against harmful refusal, one point per candidate,
     the base model and the safety margin marked: the steering trade-off at a glance."""
-    y = "benign_compliance_macro" if objective == "macro" else "benign_compliance"
+    y = objective_key(objective)
     import matplotlib
 
     matplotlib.use("Agg")
