@@ -6,7 +6,7 @@ from eds.bundle import EnergyBundle
 from eds.evaluate import DatasetResult, EvalResult
 from eds.metrics import Rate
 from eds.testing import random_bundle
-from eds.tune import TuneConfig, best_layers, candidates, pick, score, tune
+from eds.tune import CODE_WORDS, Candidate, TuneConfig, best_layers, candidates, code_prompts, pick, score, tune
 
 
 def result(**refusals):
@@ -48,6 +48,9 @@ def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):
         top_k=(None, 1),
         max_new_tokens=3,
         margin=1.0,  # every candidate is feasible: the most compliant wins
+        capability_prompts=3,
+        capability_tokens=4,
+        tie=0.0,
     )
     res = tune(tiny, EnergyBundle.load(tmp_path / "bundle"), cfg, bundle_path=tmp_path / "bundle")
     assert len(res.rows) == 4 and res.chosen is not None
@@ -61,6 +64,10 @@ def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):
     # eta 0 steers nothing: its refusals equal the base model's
     zero = next(r for r in res.rows if r["setting"]["eta"] == 0.0)
     assert zero["refusal"] == saved["base"]["refusal"]
+    # ... and leaves the capability prompts' replies exactly as they were; a real step moves them
+    assert zero["drift_kl"] == pytest.approx(0.0, abs=1e-6) and zero["unchanged"] == 1.0
+    assert max(r["drift_kl"] for r in res.rows) > 1e-4
+    assert len(list((tmp_path / "tune").glob("*.drift.json"))) == 4
 
 
 def test_tune_refuses_test_data(tmp_path, tiny):
@@ -163,3 +170,57 @@ def test_tune_checks_its_objective_before_generating(tmp_path, tiny):
     with pytest.raises(ValueError, match="objective"):
         tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), objective="mean"))
     assert not (tmp_path / "base.jsonl").exists()
+
+
+def test_near_ties_go_to_the_candidate_that_drifts_least():
+    rows = [
+        {"setting": {"eta": 0.1}, "feasible": True, "benign_compliance_macro": 0.90, "drift_kl": 0.30},
+        {"setting": {"eta": 0.1}, "feasible": True, "benign_compliance_macro": 0.895, "drift_kl": 0.05},
+        {"setting": {"eta": 0.05}, "feasible": True, "benign_compliance_macro": 0.85, "drift_kl": 0.01},
+        {"setting": {"eta": 0.2}, "feasible": False, "benign_compliance_macro": 0.99, "drift_kl": 0.0},
+    ]
+    assert pick(rows, tie=0.0) == 0  # no tolerance: the most compliant feasible row
+    assert pick(rows, tie=0.01) == 1  # within a point of the best: the least drift
+    assert pick(rows, tie=0.1) == 2
+    for r in rows:  # without drift measures the tolerance changes nothing
+        del r["drift_kl"]
+    assert pick(rows, tie=0.1) == 0
+
+
+def test_positions_candidates_keep_the_old_names_and_reach_steer(tiny):
+    b = random_bundle(tiny, layers=(0, 2))
+    plain, first4 = candidates(TuneConfig(etas=(0.05,), positions=(None, 4)), b)
+    assert "positions" not in plain.name and "positions" not in plain.overrides()
+    assert plain.key == Candidate(0.05, 3, "always", [0, 2], None).key  # records of earlier sweeps are found again
+    assert first4.name.endswith("positions=4") and first4.overrides()["positions"] == 4
+
+
+def test_tune_checks_positions_before_generating(tmp_path, tiny):
+    with pytest.raises(ValueError, match="positions"):
+        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), positions=("x",)))
+    assert not (tmp_path / "base.jsonl").exists()
+
+
+def test_code_prompts_are_a_seeded_sample_of_code_requests():
+    a, b = code_prompts(20, seed=0), code_prompts(20, seed=0)
+    assert a == b and len(set(a)) == 20 and all(CODE_WORDS.search(p) for p in a)
+    assert code_prompts(20, seed=1) != a
+    with pytest.raises(ValueError, match="code prompts"):
+        code_prompts(100_000)
+
+
+def test_tune_saves_the_chosen_positions(tmp_path, tiny):
+    b = random_bundle(tiny, layers=(0,))
+    b.save(tmp_path / "bundle")
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=("advbench:val:2",),
+        etas=(0.1,),
+        positions=(2,),
+        max_new_tokens=3,
+        margin=1.0,
+        capability_prompts=0,
+    )
+    res = tune(tiny, EnergyBundle.load(tmp_path / "bundle"), cfg, bundle_path=tmp_path / "bundle")
+    assert res.chosen is not None and res.chosen.positions == 2 and "drift_kl" not in res.rows[0]
+    assert EnergyBundle.load(tmp_path / "bundle").steering.positions == 2

@@ -461,6 +461,16 @@ def tune_cmd(
     objective: Annotated[
         str, typer.Option(help="benign compliance averaged over val sources (macro) or over prompts (pooled)")
     ] = "macro",
+    positions: Annotated[
+        list[str] | None,
+        typer.Option(help="steered positions to try: all, prompt, or n (the first n generated tokens) (repeatable)"),
+    ] = None,
+    capability: Annotated[
+        int, typer.Option(help="code requests from alpaca:val whose drift breaks near-ties (0: no capability check)")
+    ] = 32,
+    tie: Annotated[
+        float, typer.Option(help="candidates this close to the best benign compliance are equal: least drift wins")
+    ] = 0.01,
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
@@ -473,7 +483,14 @@ def tune_cmd(
     from .evaluate import EvalError
     from .tune import TuneConfig, tune
 
-    cfg = TuneConfig(out=str(out), margin=margin, max_new_tokens=max_new_tokens, objective=objective)
+    cfg = TuneConfig(
+        out=str(out),
+        margin=margin,
+        max_new_tokens=max_new_tokens,
+        objective=objective,
+        capability_prompts=capability,
+        tie=tie,
+    )
     for name, values in (
         ("etas", eta),
         ("steps", steps),
@@ -489,6 +506,8 @@ def tune_cmd(
         if not set(route) <= {"on", "off"}:
             _fail(f"--route takes on or off, not {route}")
         cfg.route = tuple(r == "on" for r in route)
+    if positions:
+        cfg.positions = tuple(int(p) if p.isdigit() else p for p in positions)
     lm, b = _load_for_steering(model, bundle, dtype, device, None)
     try:
         res = tune(lm, b, cfg, bundle_path=bundle if save else None)
@@ -501,6 +520,7 @@ def tune_cmd(
         "harmful refusal",
         "worst harmful drop",
         "repetition",
+        "code drift (nats)",
         "safe",
     )
     table.add_row(
@@ -508,6 +528,7 @@ def tune_cmd(
         f"{res.base['benign_compliance_macro']:.1%}",
         f"{res.base['benign_compliance']:.1%}",
         f"{res.base['harmful_refusal']:.1%}",
+        "",
         "",
         "",
         "",
@@ -521,6 +542,7 @@ def tune_cmd(
             f"{r['harmful_refusal']:.1%}",
             f"{r['max_harmful_refusal_drop']:+.1%}",
             f"{r['repetition']:.1%}",
+            f"{r['drift_kl']:.3f}" if "drift_kl" in r else "",
             "yes" if r["feasible"] else "[red]no[/]",
         )
     console.print(table)

@@ -5,22 +5,29 @@ to the unsteered model. The rule puts safety first: among the candidates whose r
 harmful val source stays within `margin` of the base model, take the one with the most benign
 compliance. Compliance is averaged over the benign val sources with equal weight (`objective =
 "macro"`), so the largest set (ORB-H) cannot hide a loss on the short-prompt styles; `"pooled"`
-weighs every prompt equally instead. The trade-off curve is plotted and the winner saved into the
-bundle."""
+weighs every prompt equally instead. Capability breaks near-ties: each candidate's drift (mean
+KL(base ‖ steered) per token, along the base model's replies to code requests from Alpaca val, the
+closest val proxy of HumanEval) is measured, and among the feasible candidates within `tie` of the
+best compliance the one that moves those replies least wins. The trade-off curve is plotted and the
+winner saved into the bundle."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import data as data_mod
-from .bundle import EnergyBundle
+from .bundle import EnergyBundle, SteerSettings
+from .drift import measure_drift
 from .evaluate import EvalResult, evaluate_refusals
+from .generate import generate
 from .io import write_text_atomic
 from .models import LoadedModel
 
@@ -38,6 +45,8 @@ VAL_SETS = (
     "jb:eds-tense:alpaca:val:40",
 )
 OBJECTIVES = ("macro", "pooled")
+#: Alpaca requests about code: the capability check's prompts (HumanEval, the test check, is code)
+CODE_WORDS = re.compile(r"\b(python|function|code|program|algorithm|script|sql|javascript|java|html|regex)\b", re.I)
 
 
 def objective_key(objective: str) -> str:
@@ -60,8 +69,13 @@ class TuneConfig:
     gate_recall: tuple[float | None, ...] = (None,)  # gate threshold by harmful recall on val; None: as saved
     # three-way gate: refusal side only above the threshold of this (lower) recall; None: two-way
     route_recall: tuple[float | None, ...] = (None,)
+    # None: as saved; "all", "prompt" or n (the last prompt token and the first n generated tokens)
+    positions: tuple[str | int | None, ...] = (None,)
     objective: str = "macro"  # benign compliance averaged over sources ("macro") or over prompts ("pooled")
     margin: float = 0.01
+    capability_prompts: int = 32  # code requests from alpaca:val whose drift is measured; 0: no capability check
+    capability_tokens: int = 64
+    tie: float = 0.01  # feasible candidates this close to the best compliance count as equal: least drift wins
     max_new_tokens: int = 40
     batch_size: int = 16
     judge: str = "substring"
@@ -78,6 +92,7 @@ class Candidate:
     route: bool | None = None
     gate_recall: float | None = None  # a bundle setting (its gate threshold), not a steer() override
     route_recall: float | None = None  # a bundle setting too (the three-way gate's refusal threshold)
+    positions: str | int | None = None
 
     @property
     def name(self) -> str:
@@ -85,8 +100,9 @@ class Candidate:
         route = "" if self.route is None else f" route={'on' if self.route else 'off'}"
         recall = "" if self.gate_recall is None else f" gate_recall={self.gate_recall}"
         recall += "" if self.route_recall is None else f" route_recall={self.route_recall}"
+        positions = "" if self.positions is None else f" positions={self.positions}"
         layers = ",".join(map(str, self.layers))
-        return f"eta={self.eta} steps={self.steps} {self.mode} layers={layers}{gate}{route}{recall}"
+        return f"eta={self.eta} steps={self.steps} {self.mode} layers={layers}{gate}{route}{recall}{positions}"
 
     @property
     def key(self) -> str:
@@ -128,9 +144,17 @@ def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
     set, the bundle's own gate (as saved) when both are None."""
     saved = bundle.gate_metrics.get("recall_target")
     return [
-        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route, recall, route_recall)
-        for eta, steps, mode, k, gate, route, recall, route_recall in itertools.product(
-            cfg.etas, cfg.steps, cfg.modes, cfg.top_k, cfg.harm_gate, cfg.route, cfg.gate_recall, cfg.route_recall
+        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route, recall, route_recall, positions)
+        for eta, steps, mode, k, gate, route, recall, route_recall, positions in itertools.product(
+            cfg.etas,
+            cfg.steps,
+            cfg.modes,
+            cfg.top_k,
+            cfg.harm_gate,
+            cfg.route,
+            cfg.gate_recall,
+            cfg.route_recall,
+            cfg.positions,
         )
         # a three-way gate whose refusal side would catch more than its answering side excludes is not one
         if route_recall is None or route_recall <= (recall if recall is not None else (saved or 1.0))
@@ -155,13 +179,52 @@ def score(base: EvalResult, run: EvalResult, margin: float) -> dict[str, Any]:
     }
 
 
-def pick(rows: list[dict[str, Any]], objective: str = "macro") -> int | None:
-    """Index of the feasible row with the most benign compliance (ties: the smaller eta)."""
+def pick(rows: list[dict[str, Any]], objective: str = "macro", tie: float = 0.0) -> int | None:
+    """Index of the feasible row with the most benign compliance. Rows within `tie` of it count as
+    equal: among them the least capability drift wins (rows without a drift measure count as 0),
+    then the most compliance, then the smaller eta."""
     key = objective_key(objective)
     feasible = [i for i, r in enumerate(rows) if r["feasible"]]
     if not feasible:
         return None
-    return max(feasible, key=lambda i: (rows[i][key], -rows[i]["setting"]["eta"]))
+    best = max(rows[i][key] for i in feasible)
+    near = [i for i in feasible if rows[i][key] >= best - tie - 1e-12]
+    return min(near, key=lambda i: (rows[i].get("drift_kl") or 0.0, -rows[i][key], rows[i]["setting"]["eta"]))
+
+
+def code_prompts(n: int, seed: int = 0) -> list[str]:
+    """A seeded sample of n Alpaca val requests about code (a keyword filter)."""
+    pool = [p.prompt for p in data_mod.load("alpaca:val", seed=seed) if CODE_WORDS.search(p.prompt)]
+    if n > len(pool):
+        raise ValueError(f"capability check: {n} code prompts asked, alpaca:val has {len(pool)}")
+    return random.Random(seed).sample(pool, n)
+
+
+def _base_replies(lm: LoadedModel, prompts: list[str], cfg: TuneConfig, path: Path) -> list[str]:
+    """The unsteered replies to the capability prompts, generated once per tune folder and kept."""
+    settings = {"model": lm.fingerprint.to_dict(), "prompts": prompts, "max_new_tokens": cfg.capability_tokens}
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("settings") == settings:
+            return saved["replies"]
+    replies, _ = generate(lm, prompts, max_new_tokens=cfg.capability_tokens, batch_size=8, label="capability (base)")
+    write_text_atomic(path, json.dumps({"settings": settings, "replies": replies}, indent=1, ensure_ascii=False))
+    return replies
+
+
+def _capability(
+    lm: LoadedModel, bundle: EnergyBundle, c: Candidate, prompts: list[str], base: list[str], path: Path, tokens: int
+) -> dict[str, float]:
+    """Drift of one candidate on the capability prompts (read back from `path` when already measured)."""
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if [r["prompt"] for r in saved["records"]] == prompts and saved.get("max_new_tokens") == tokens:
+            return {"drift_kl": saved["mean_kl"], "unchanged": saved["unchanged_share"]}
+    res = measure_drift(
+        lm, bundle, prompts, base_replies=base, max_new_tokens=tokens, batch_size=8, progress=True, **c.overrides()
+    )
+    write_text_atomic(path, json.dumps(res.to_dict(), indent=1, ensure_ascii=False))
+    return {"drift_kl": res.mean_kl, "unchanged": res.unchanged.value}
 
 
 def tune(
@@ -170,6 +233,10 @@ def tune(
     """Evaluate every candidate on the val sets, pick by the safety-first rule, plot, save into the bundle."""
     t0 = time.perf_counter()
     objective_key(cfg.objective)  # an unknown objective fails before any generation, not after the sweep
+    for positions in cfg.positions:
+        if positions is not None:
+            SteerSettings(positions=positions).validate()
+    code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for spec in cfg.val_sets:
@@ -181,6 +248,7 @@ def tune(
     )
     base = evaluate_refusals(lm, cfg.val_sets, records_path=out / "base.jsonl", label="val (base)", **kw)
     tag = bundle.digest(include_steering=False)[:10]
+    code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
     rows = []
     cands = candidates(cfg, bundle)
     for i, c in enumerate(cands):
@@ -194,8 +262,12 @@ def tune(
             **kw,
             **c.overrides(),
         )
-        rows.append({"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)})
-    i = pick(rows, cfg.objective)
+        row = {"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)}
+        if code:
+            drift_path = out / f"{tag}-{c.key}.drift.json"
+            row.update(_capability(lm, c.bundle(bundle), c, code, code_base, drift_path, cfg.capability_tokens))
+        rows.append(row)
+    i = pick(rows, cfg.objective, cfg.tie)
     chosen = cands[i] if i is not None else None
     base_score = score(base, base, cfg.margin)
     result = TuneResult(
@@ -223,6 +295,7 @@ def tune(
             mode=chosen.mode,
             **({"harm_gate": chosen.harm_gate} if chosen.harm_gate is not None else {}),
             **({"route": chosen.route} if chosen.route is not None else {}),
+            **({"positions": chosen.positions} if chosen.positions is not None else {}),
         )
         bundle = chosen.bundle(bundle)
         if chosen.layers != bundle.layers:
@@ -249,7 +322,7 @@ def plot_tradeoff(result: TuneResult, path: Path, margin: float, objective: str 
         label = f"{s['mode']}, steps {s['steps']}, layers {s['layers']}"
         label += "".join(
             f", {k.replace('_', ' ')} {'on' if v is True else 'off' if v is False else v}"
-            for k in ("harm_gate", "route", "gate_recall", "route_recall")
+            for k in ("harm_gate", "route", "gate_recall", "route_recall", "positions")
             if (v := s.get(k)) is not None
         )
         groups.setdefault(label, []).append(r)
