@@ -134,6 +134,10 @@ def test_route_recall_makes_a_three_way_gate_and_macro_weighs_sources_equally(ti
     assert [(c.gate_recall, c.route_recall) for c in cands] == [(0.8, None), (0.8, 0.8), (0.9, None), (0.9, 0.8)]
     assert "route_recall=0.8" in cands[3].name and "route_recall" not in cands[3].overrides()
     assert cands[3].bundle(b).route_threshold == 9.0 and cands[2].bundle(b).route_threshold is None
+    # a route recall equal to the gate recall is the two-way gate, stored and hashed the same way
+    same = cands[1].bundle(b)
+    assert same.route_threshold is None and "route" not in same.gate_metrics
+    assert same.digest() == b.with_gate_recall(0.8).digest()
     # a big source and a small one: pooled compliance follows the big one, macro weighs them equally
     base = EvalResult(
         [

@@ -178,6 +178,8 @@ class EnergyBundle:
                 f"route recall {route_recall} must not exceed the gate recall {recall}: the refusal side "
                 "takes the rows the gate is surest about"
             )
+        if route_recall == recall:  # the same threshold: a two-way gate, stored (and hashed) as one
+            route_recall = None
         metrics = {**self.gate_metrics, "recall_target": recall, **table[str(recall)]}
         metrics.pop("route", None)
         if route_recall is not None:
