@@ -66,7 +66,7 @@ def test_user_jsonl_ok(tmp_path):
         ('{"prompt": "ok", "label": "evil"}\n', r"line 1: unknown label 'evil'"),
         ('{"prompt": "ok", "split": "dev"}\n', r"line 1: unknown split 'dev'"),
         ('{"prompt": "ok"}\n{"prompt": "a",\n', r"line 2: invalid JSON"),
-        ('["prompt"]\n', r"line 1: expected an object"),
+        ('["prompt"]\n', r"line 1: expected a JSON object, got list"),
         ('{"prompt": "a", "id": 1}\n{"prompt": "b", "id": 1}\n', r"duplicate id '1'"),
         ("\n\n", r"no prompts"),
     ],

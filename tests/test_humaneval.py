@@ -103,13 +103,13 @@ def test_read_problems_and_errors_name_file_and_line(tmp_path):
     with pytest.raises(HumanEvalError, match="2 problems, expected 164"):
         read_problems(path, expect=164)
     for bad, msg in [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         ({**good, "task_id": "T/1", "test": ""}, "test"),
         ({**good, "task_id": "T/1", "entry_point": "a b"}, "not a Python name"),
         (good, "appears twice"),
     ]:
         _write(path, [good, bad])
-        with pytest.raises(HumanEvalError, match=rf"he.jsonl.gz:2: .*{msg}"):
+        with pytest.raises(HumanEvalError, match=rf"he.jsonl.gz, line 2: .*{msg}"):
             read_problems(path)
 
 

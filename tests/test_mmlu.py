@@ -72,7 +72,7 @@ def test_header_rows_are_dropped_and_counts_checked(tmp_path):
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         (json.dumps(row(3, "law", "E")), "correct_answer must be one of A-D"),
         (json.dumps({k: v for k, v in row(3, "law").items() if k != "answer_c"}), "answer_c"),
         (json.dumps(["a list"]), "expected a JSON object"),
@@ -81,7 +81,7 @@ def test_header_rows_are_dropped_and_counts_checked(tmp_path):
 def test_a_bad_row_names_file_and_line(tmp_path, bad, message):
     p = tmp_path / "m.jsonl"
     p.write_text(json.dumps(row(1, "law")) + "\n\n" + bad + "\n")
-    with pytest.raises(MMLUError, match=rf"m\.jsonl:3: .*{message}"):
+    with pytest.raises(MMLUError, match=rf"m\.jsonl, line 3: .*{message}"):
         read_questions(p)
 
 

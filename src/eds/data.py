@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .io import jsonl_objects
+
 LABELS = ("benign", "harmful")
 SPLITS = ("train", "val", "test")
 
@@ -94,16 +96,8 @@ def read_file(path: str | Path, dataset: str | None = None) -> list[Prompt]:
     suffix = path.suffix.lower()
     rows: list[Prompt] = []
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}, line {n}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-                rows.append(_row(obj, where, name, f"{name}-{n}"))
+        for n, where, obj in jsonl_objects(path, DataError):
+            rows.append(_row(obj, where, name, f"{name}-{n}"))
     elif suffix == ".json":
         text = path.read_text(encoding="utf-8")
         try:

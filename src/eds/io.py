@@ -88,8 +88,9 @@ def appending(path: str | Path | None) -> Iterator[Callable[[dict[str, Any]], No
 
 
 def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(line number, "FILE:LINE", object) for each non-blank line of a JSONL file, gzipped or not; a line
-    that is not a JSON object raises `error` naming the file and line."""
+    """(line number, "FILE, line N", object) for each non-blank line of a JSONL file, gzipped or not; a
+    line that is not a JSON object raises `error` naming the file and line. Every JSONL file eds reads
+    goes through here, so every such error reads the same."""
     import gzip
 
     path = Path(path)
@@ -98,11 +99,11 @@ def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iter
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
+            where = f"{path}, line {n}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise error(f"{where}: not valid JSON ({e.msg})") from None
+                raise error(f"{where}: invalid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise error(f"{where}: expected a JSON object")
+                raise error(f"{where}: expected a JSON object, got {type(obj).__name__}")
             yield n, where, obj

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataError
-from .io import sha256_file
+from .io import jsonl_objects, sha256_file
 from .judge import Judge, JudgeScores, judge_scores
 from .metrics import Rate
 
@@ -134,18 +134,11 @@ def load_labelled_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        objects = list(jsonl_objects(path, DataError))
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("response"), str):
+    for n, where, obj in objects:
+        if not isinstance(obj.get("response"), str):
             raise DataError(f"{where}: needs a string `response`")
         if not isinstance(obj.get("refused"), bool):
             raise DataError(f"{where}: needs a boolean `refused`")
