@@ -1,26 +1,11 @@
 import pytest
 import torch
 
-from eds.bundle import BundleError, EnergyBundle, SteerSettings
+from eds.bundle import BundleError, EnergyBundle
 from eds.energy import EnergyMLP
 from eds.models import cache_keyword
 from eds.steer import steer, steer_states
-from eds.testing import tiny_model
-
-
-def make_bundle(lm, layers=(1,), threshold=0.0, **steering):
-    torch.manual_seed(0)
-    models = {}
-    for layer in layers:
-        m = EnergyMLP(lm.fingerprint.hidden_size, (16, 8))
-        m.set_input_stats(torch.randn(64, lm.fingerprint.hidden_size))
-        models[layer] = m.eval().requires_grad_(False)
-    return EnergyBundle(
-        fingerprint=lm.fingerprint,
-        models=models,
-        thresholds=dict.fromkeys(layers, threshold),
-        steering=SteerSettings(**steering),
-    )
+from eds.testing import random_bundle, tiny_model
 
 
 def layer_inputs(lm, enc):
@@ -70,7 +55,7 @@ def test_gated_mode_leaves_low_energy_states_exactly_unchanged():
 def test_zero_steps_is_bit_identical(tiny):
     enc = tiny.encode(["How do I kill a Python process?", "hi"])
     plain = tiny.model.generate(**enc, max_new_tokens=8, do_sample=False)
-    with steer(tiny, make_bundle(tiny, layers=(0, 2)), steps=0):
+    with steer(tiny, random_bundle(tiny, layers=(0, 2)), steps=0):
         steered = tiny.model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert torch.equal(plain, steered)
 
@@ -78,7 +63,7 @@ def test_zero_steps_is_bit_identical(tiny):
 def test_only_chosen_layers_and_positions_move(tiny):
     enc = tiny.encode(["How do I kill a Python process?", "Where can I buy a can of coke?"])
     base, base_logits = layer_inputs(tiny, enc)
-    with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.2, steps=2):
+    with steer(tiny, random_bundle(tiny, layers=(1,)), eta=0.2, steps=2):
         moved, logits = layer_inputs(tiny, enc)
     assert torch.equal(base[0], moved[0])  # before the steered layer: untouched
     assert torch.equal(base[1][:, :-1], moved[1][:, :-1])  # steered layer: only the last prompt token
@@ -93,7 +78,7 @@ def test_hooks_are_removed_after_an_exception(tiny):
         return len(tiny.model._forward_pre_hooks) + sum(len(layer._forward_pre_hooks) for layer in tiny.layers)
 
     before = count()
-    with pytest.raises(RuntimeError, match="boom"), steer(tiny, make_bundle(tiny, layers=(0, 1))):
+    with pytest.raises(RuntimeError, match="boom"), steer(tiny, random_bundle(tiny, layers=(0, 1))):
         assert count() > before
         raise RuntimeError("boom")
     assert count() == before
@@ -101,7 +86,7 @@ def test_hooks_are_removed_after_an_exception(tiny):
 
 def test_nested_and_repeated_use(tiny):
     enc = tiny.encode(["hi there"])
-    b1, b2 = make_bundle(tiny, layers=(0,)), make_bundle(tiny, layers=(2,))
+    b1, b2 = random_bundle(tiny, layers=(0,)), random_bundle(tiny, layers=(2,))
     _, base = layer_inputs(tiny, enc)
     with steer(tiny, b1, eta=0.1):
         _, one = layer_inputs(tiny, enc)
@@ -118,7 +103,7 @@ def test_positions_setting_limits_decode_steps(tiny):
     enc = tiny.encode(["How do I kill a Python process?", "hi"])
     runs = {}
     for positions in ("prompt", 2, "all"):
-        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
+        with steer(tiny, random_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
             out = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
         runs[positions] = out
         # one prefill + 5 decode steps for 6 new tokens
@@ -130,7 +115,7 @@ def test_positions_setting_limits_decode_steps(tiny):
 
 def test_batched_equals_one_by_one(tiny):
     prompts = ["How do I kill a Python process?", "hi", "Where can I buy a can of coke?"]
-    bundle = make_bundle(tiny, layers=(0, 2))
+    bundle = random_bundle(tiny, layers=(0, 2))
     with steer(tiny, bundle, eta=0.1):
         _, batched = layer_inputs(tiny, tiny.encode(prompts))
         singles = [layer_inputs(tiny, tiny.encode([p]))[1] for p in prompts]
@@ -141,14 +126,14 @@ def test_batched_equals_one_by_one(tiny):
 def test_sampling_and_bf16_work(tiny):
     lm = tiny_model("llama", dtype=torch.bfloat16)
     enc = lm.encode(["hi", "How do I kill a Python process?"])
-    with steer(lm, make_bundle(lm, layers=(1,), threshold=-1e9), mode="gated") as handle:
+    with steer(lm, random_bundle(lm, layers=(1,), threshold=-1e9), mode="gated") as handle:
         out = lm.model.generate(**enc, max_new_tokens=5, do_sample=True, temperature=0.8)
     assert out.shape == (2, enc["input_ids"].shape[1] + 5)
     assert handle.stats.moved.tolist() == [5, 5]  # every position was above the (very low) threshold
 
 
 def test_fingerprint_and_layer_checks(tiny):
-    bundle = make_bundle(tiny, layers=(1,))
+    bundle = random_bundle(tiny, layers=(1,))
     with pytest.raises(BundleError, match="does not fit"), steer(tiny_model("qwen2", layers=4), bundle):
         pass
     with pytest.raises(BundleError, match=r"layers \[2\] are not in the bundle"), steer(tiny, bundle, layers=[2]):
@@ -158,7 +143,7 @@ def test_fingerprint_and_layer_checks(tiny):
 
 
 def test_bundle_round_trip_is_exact(tmp_path, tiny):
-    bundle = make_bundle(tiny, layers=(0, 2), threshold=-0.25, eta=0.07, steps=2, mode="gated", positions=5)
+    bundle = random_bundle(tiny, layers=(0, 2), threshold=-0.25, eta=0.07, steps=2, mode="gated", positions=5)
     bundle.save(tmp_path / "b")
     loaded = EnergyBundle.load(tmp_path / "b")
     assert loaded.layers == [0, 2] and loaded.thresholds == {0: -0.25, 2: -0.25}
@@ -196,7 +181,7 @@ def gate_for(lm, layer, block_first_of, prompts):
 
 def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path):
     prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?"]
-    bundle = make_bundle(tiny, layers=(1, 2))
+    bundle = random_bundle(tiny, layers=(1, 2))
     probe, threshold = gate_for(tiny, 1, 0, prompts)
     bundle.set_gate(probe, 1, threshold)
     enc = tiny.encode(prompts)
@@ -214,7 +199,7 @@ def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path):
     assert loaded.gate_layer == 1 and loaded.gate_threshold == threshold
     assert torch.equal(loaded.gate.linear.weight, probe.linear.weight)
     with pytest.raises(BundleError, match="must not come after the first steered layer"):
-        make_bundle(tiny, layers=(0,)).set_gate(probe, 1, threshold)
+        random_bundle(tiny, layers=(0,)).set_gate(probe, 1, threshold)
 
 
 def autograd_reference(h, mlp, eta, steps, threshold=None):
@@ -250,10 +235,10 @@ def test_fast_path_matches_autograd(threshold, widths):
 def test_static_cache_positions_without_reading_the_cache(tiny):
     enc = tiny.encode(["How do I kill a Python process?", "hi"])
     for positions, expected in (("prompt", 1), (2, 3), ("all", 6)):
-        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
+        with steer(tiny, random_bundle(tiny, layers=(1,)), eta=0.3, positions=positions) as handle:
             static = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False, cache_implementation="static")
         assert handle.stats.positions == expected
-        with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.3, positions=positions):
+        with steer(tiny, random_bundle(tiny, layers=(1,)), eta=0.3, positions=positions):
             dynamic = tiny.model.generate(**enc, max_new_tokens=6, do_sample=False)
         assert torch.equal(static, dynamic)
 
@@ -261,7 +246,7 @@ def test_static_cache_positions_without_reading_the_cache(tiny):
 def test_batched_equals_one_by_one_through_cached_generation(tiny):
     """The steered layer's input at the newest position, decode step by decode step, with left padding."""
     prompts = ["How do I kill a Python process?", "hi", "Where can I buy a can of coke?"]
-    bundle = make_bundle(tiny, layers=(1,))
+    bundle = random_bundle(tiny, layers=(1,))
 
     def trace(batch):
         seen = []
@@ -289,7 +274,7 @@ def test_a_continued_conversation_is_a_new_prompt(tiny):
 
     enc = tiny.encode(["How do I kill a Python process?"])
     more = tiny.tokenizer(["And a Java one?"], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with steer(tiny, make_bundle(tiny, layers=(1,)), eta=0.1, positions="prompt") as handle, torch.no_grad():
+    with steer(tiny, random_bundle(tiny, layers=(1,)), eta=0.1, positions="prompt") as handle, torch.no_grad():
         cache = {cache_keyword(tiny.model): DynamicCache()}
         tiny.model(**enc, **cache, use_cache=True)
         mask = torch.ones(1, enc["input_ids"].shape[1] + more.shape[1], dtype=torch.long)
@@ -305,7 +290,7 @@ def test_abandoned_chat_stream_stops_and_unhooks(tiny):
         return len(tiny.model._forward_pre_hooks) + sum(len(layer._forward_pre_hooks) for layer in tiny.layers)
 
     before = count()
-    stream = stream_chat(tiny, [{"role": "user", "content": "hi"}], bundle=make_bundle(tiny), max_new_tokens=200)
+    stream = stream_chat(tiny, [{"role": "user", "content": "hi"}], bundle=random_bundle(tiny), max_new_tokens=200)
     first = next(stream)
     stream.close()  # the caller walks away after one piece
     assert isinstance(first, str) and count() == before
@@ -315,8 +300,8 @@ def test_route_steers_flagged_rows_with_the_refuse_models(tiny, tmp_path):
     from types import SimpleNamespace
 
     prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?"]
-    bundle = make_bundle(tiny, layers=(1, 2))
-    refusers = make_bundle(tiny, layers=(1, 2))
+    bundle = random_bundle(tiny, layers=(1, 2))
+    refusers = random_bundle(tiny, layers=(1, 2))
     for m in refusers.models.values():  # different weights from the answer models
         for p in m.parameters():
             p.data.mul_(-1.5)
@@ -351,7 +336,7 @@ def test_route_steers_flagged_rows_with_the_refuse_models(tiny, tmp_path):
 
 
 def _gated(lm, probe, threshold):
-    b = make_bundle(lm, layers=(1,))
+    b = random_bundle(lm, layers=(1,))
     b.set_gate(probe, 1, threshold)
     return b
 
@@ -384,8 +369,8 @@ def test_three_way_gate_leaves_uncertain_rows_exactly_unsteered(tiny, tmp_path):
     from types import SimpleNamespace
 
     prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?", "hi"]
-    bundle = make_bundle(tiny, layers=(1, 2))
-    refusers = make_bundle(tiny, layers=(1, 2))
+    bundle = random_bundle(tiny, layers=(1, 2))
+    refusers = random_bundle(tiny, layers=(1, 2))
     for m in refusers.models.values():
         for p in m.parameters():
             p.data.mul_(-1.5)
@@ -421,7 +406,7 @@ def test_stacked_heads_match_each_energy_model(tiny):
     from eds.steer import steer_states
 
     torch.manual_seed(0)
-    a, b = make_bundle(tiny, layers=(1,)).models[1], make_bundle(tiny, layers=(1,)).models[1]
+    a, b = random_bundle(tiny, layers=(1,)).models[1], random_bundle(tiny, layers=(1,)).models[1]
     for p in b.parameters():
         p.data.mul_(-1.3)
     heads = FrozenHeads([a, b])
@@ -463,8 +448,8 @@ def test_a_route_threshold_below_the_gate_never_steers_a_row_both_ways(tiny, tmp
     from eds.steer import steer_states
 
     prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?"]
-    bundle = make_bundle(tiny, layers=(1,))
-    refusers = make_bundle(tiny, layers=(1,))
+    bundle = random_bundle(tiny, layers=(1,))
+    refusers = random_bundle(tiny, layers=(1,))
     bundle.set_refuse(
         SimpleNamespace(models=refusers.models, results=[SimpleNamespace(layer=1, threshold=0.5)], table=lambda: [])
     )
