@@ -474,14 +474,16 @@ def profile_section(model: Any, bundle: EnergyBundle, args: argparse.Namespace, 
     out["steer_states"] = per_batch
 
     # 3. one decode forward of the whole model, plain vs steered (cache built by a prefill). The two
-    # arms alternate step by step, so a drift of the host's speed hits both alike.
+    # arms alternate step by step, so a drift of the host's speed hits both alike. Each step enters a
+    # fresh steer(), which forgets a gate's per-sequence decision, so this times the ungated path
+    # explicitly (harm_gate=False); gated and routed generation is timed by the whole-generate runs.
     from transformers import DynamicCache
 
     fwd: dict[str, Any] = {}
     ckw = cache_keyword(model)
 
     def arm(mode: str) -> Any:
-        return steer(model, bundle, mode=mode) if mode != "plain" else contextlib.nullcontext()
+        return steer(model, bundle, mode=mode, harm_gate=False) if mode != "plain" else contextlib.nullcontext()
 
     for b in args.profile_batches:
         ids = torch.randint(1, vocab, (b, args.prompt_len), device=device)
