@@ -228,3 +228,12 @@ def test_tune_saves_the_chosen_positions(tmp_path, tiny):
     res = tune(tiny, EnergyBundle.load(tmp_path / "bundle"), cfg, bundle_path=tmp_path / "bundle")
     assert res.chosen is not None and res.chosen.positions == 2 and "drift_kl" not in res.rows[0]
     assert EnergyBundle.load(tmp_path / "bundle").steering.positions == 2
+
+
+def test_layer_sets_are_candidates_and_must_be_in_the_bundle(tmp_path, tiny):
+    b = random_bundle(tiny, layers=(0, 1, 2))
+    cands = candidates(TuneConfig(etas=(0.05,), layer_sets=((2, 0), (1,)), top_k=(1,)), b)
+    assert [c.layers for c in cands] == [[0, 2], [1]]  # sorted; top_k is not used beside them
+    with pytest.raises(ValueError, match=r"layer set \[1, 3\]: the bundle has energy models for layers \[0, 1, 2\]"):
+        tune(tiny, b, TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), layer_sets=((1, 3),)))
+    assert not (tmp_path / "base.jsonl").exists()

@@ -446,6 +446,9 @@ def tune_cmd(
     steps: Annotated[list[int] | None, typer.Option(help="step counts to try (repeatable)")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="always and/or gated (repeatable)")] = None,
     top_k: Annotated[list[int] | None, typer.Option(help="use the bundle's k best layers (repeatable)")] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option(help="a layer set to try, e.g. 18,19,22 (repeatable; replaces --top-k)")
+    ] = None,
     route: Annotated[list[str] | None, typer.Option(help="on/off: flagged rows toward refusal (repeatable)")] = None,
     gate_recall: Annotated[
         list[float] | None,
@@ -508,6 +511,10 @@ def tune_cmd(
         cfg.route = tuple(r == "on" for r in route)
     if positions:
         cfg.positions = tuple(int(p) if p.isdigit() else p for p in positions)
+    try:
+        cfg.layer_sets = tuple(_parse_layers(spec) for spec in layers or ())
+    except ValueError as e:
+        _fail(str(e))
     lm, b = _load_for_steering(model, bundle, dtype, device, None)
     try:
         res = tune(lm, b, cfg, bundle_path=bundle if save else None)

@@ -64,6 +64,9 @@ class TuneConfig:
     steps: tuple[int, ...] = (3,)
     modes: tuple[str, ...] = ("always",)
     top_k: tuple[int | None, ...] = (None,)  # None: all the bundle's layers; k: its k best by val AUROC
+    # explicit layer sets to try, each a subset of the bundle's layers (replaces top_k when given):
+    # AUROCs a few thousandths apart do not say which layers steer best; behaviour on val does
+    layer_sets: tuple[tuple[int, ...], ...] = ()
     harm_gate: tuple[bool | None, ...] = (None,)  # None: as saved in the bundle
     route: tuple[bool | None, ...] = (None,)  # flagged rows toward refusal (needs refuse models); None: as saved
     gate_recall: tuple[float | None, ...] = (None,)  # gate threshold by harmful recall on val; None: as saved
@@ -143,13 +146,21 @@ def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
     """Every combination of the config's options. route_recall None: a two-way gate when gate_recall is
     set, the bundle's own gate (as saved) when both are None."""
     saved = bundle.gate_metrics.get("recall_target")
+    for layers in cfg.layer_sets:
+        missing = sorted(set(layers) - set(bundle.layers))
+        if missing or not layers:
+            raise ValueError(
+                f"layer set {list(layers)}: the bundle has energy models for layers {bundle.layers} only "
+                "(train with a larger --top-k to keep more)"
+            )
+    layer_lists = [sorted(set(ls)) for ls in cfg.layer_sets] or [best_layers(bundle, k) for k in cfg.top_k]
     return [
-        Candidate(eta, steps, mode, best_layers(bundle, k), gate, route, recall, route_recall, positions)
-        for eta, steps, mode, k, gate, route, recall, route_recall, positions in itertools.product(
+        Candidate(eta, steps, mode, layers, gate, route, recall, route_recall, positions)
+        for eta, steps, mode, layers, gate, route, recall, route_recall, positions in itertools.product(
             cfg.etas,
             cfg.steps,
             cfg.modes,
-            cfg.top_k,
+            layer_lists,
             cfg.harm_gate,
             cfg.route,
             cfg.gate_recall,
@@ -236,6 +247,7 @@ def tune(
     for positions in cfg.positions:
         if positions is not None:
             SteerSettings(positions=positions).validate()
+    cands = candidates(cfg, bundle)  # a layer set the bundle lacks fails here, before any generation
     code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +262,6 @@ def tune(
     tag = bundle.digest(include_steering=False)[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
     rows = []
-    cands = candidates(cfg, bundle)
     for i, c in enumerate(cands):
         path = out / f"{tag}-{c.key}.jsonl"
         res = evaluate_refusals(
