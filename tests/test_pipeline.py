@@ -16,6 +16,10 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny):
     res = run(cfg, lm=tiny)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(report["tuning"]) == 2 and report["chosen"] == res.chosen
+    # the main job steers the first 4 generated tokens and measures each candidate's code drift
+    tuning = report["tuning"]
+    assert {r["setting"]["positions"] for r in tuning} == {4} and all("drift_kl" in r for r in tuning)
+    assert json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())["steering"]["positions"] == 4
     ev = json.loads((tmp_path / "run" / "eval" / "result.json").read_text())
     assert ev["model"]["name"] == "tiny-qwen2" and ev["bundle"]["layers"]
     datasets = {d["dataset"] for d in ev["sections"]["refusal"]["steered"]["datasets"]}

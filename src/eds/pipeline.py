@@ -34,6 +34,9 @@ class RunConfig:
     positions: str = "prompt"
     top_k: int = 3
     etas: tuple[float, ...] = (0.05, 0.08)
+    # steered positions tried on val: the last prompt token and the first 4 generated tokens. A refusal
+    # is decided there, and what follows (code above all) is left to the model (docs/results.md)
+    steer_positions: tuple[str | int, ...] = (4,)
     steps: int = 3
     mode: str = "always"
     harm_gate: bool = True
@@ -182,6 +185,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             out=str(out / "tune"),
             val_sets=cfg.val_sets,
             etas=cfg.etas,
+            positions=cfg.steer_positions,
             steps=(cfg.steps,),
             modes=(cfg.mode,),
             margin=cfg.margin,
@@ -201,7 +205,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             f"[bold red]no η keeps harmful refusal within {cfg.margin:.0%} of the base model on every val "
             "source; showing the smallest η on test, for information only"
         )
-        bundle.steering = replace(bundle.steering, eta=min(cfg.etas))
+        bundle.steering = replace(bundle.steering, eta=min(cfg.etas), positions=cfg.steer_positions[0])
         bundle.save(bundle_dir)
 
     console.rule(f"[bold]4. held-out test prompts: base vs steered (η = {bundle.steering.eta})")
