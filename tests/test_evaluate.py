@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from test_steer import make_bundle
 
 from eds.evaluate import EvalError, evaluate_refusals, summarise
 from eds.metrics import repeats_ngram
+from eds.testing import random_bundle as make_bundle
 
 
 def test_summarise_and_repetition():
