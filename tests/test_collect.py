@@ -303,3 +303,19 @@ def test_collections_read_as_one(tmp_path, tiny):
     )
     with pytest.raises(CollectionError, match="judged by"):
         open_collections([tmp_path / "a", tmp_path / "c"])
+
+
+def test_a_judge_whose_phrases_changed_is_noticed_on_resume_and_when_collections_are_joined(tmp_path, tiny):
+    from eds.collect import open_collections
+    from eds.judge import SubstringJudge
+
+    data = (str(prompt_file(tmp_path)),)
+    cfg = CollectConfig(data=data, max_new_tokens=3, gen_tokens=1, limit=4)
+    collect(tiny, tmp_path / "a", cfg, judge=SubstringJudge(), progress=False)
+    changed = SubstringJudge(phrases=("i cannot",))
+    with pytest.raises(CollectionError, match="another version of the 'substring' judge"):
+        collect(tiny, tmp_path / "a", cfg, judge=changed, progress=False)
+    other = CollectConfig(data=data, max_new_tokens=3, gen_tokens=1, limit=6, seed=1)
+    collect(tiny, tmp_path / "b", other, judge=changed, progress=False)
+    with pytest.raises(CollectionError, match="different versions of the 'substring' judge"):
+        open_collections([tmp_path / "a", tmp_path / "b"])

@@ -32,6 +32,24 @@ def test_records_resume_only_under_the_same_settings(tmp_path, tiny):
         evaluate_refusals(tiny, ["advbench:val:3"], bundle=make_bundle(tiny), **kw)
 
 
+def test_records_notice_a_judge_whose_phrases_changed_under_the_same_name(tmp_path, tiny):
+    from eds.judge import SubstringJudge
+
+    path = tmp_path / "r.jsonl"
+    kw = dict(max_new_tokens=3, records_path=path, progress=False)
+    evaluate_refusals(tiny, ["advbench:val:3"], judge=SubstringJudge(), **kw)
+    changed = SubstringJudge(phrases=("i cannot",))
+    assert changed.name == "substring"
+    with pytest.raises(EvalError, match="judge_digest"):
+        evaluate_refusals(tiny, ["advbench:val:3"], judge=changed, **kw)
+    # records written before judges were hashed hold only the name: they still resume
+    side = tmp_path / "r.jsonl.settings.json"
+    old = json.loads(side.read_text())
+    del old["judge_digest"]
+    side.write_text(json.dumps(old))
+    assert len(evaluate_refusals(tiny, ["advbench:val:3"], judge=SubstringJudge(), **kw).records) == 3
+
+
 def test_a_line_cut_by_a_crash_is_regenerated(tmp_path, tiny):
     path = tmp_path / "r.jsonl"
     kw = dict(max_new_tokens=3, records_path=path, progress=False)

@@ -67,3 +67,14 @@ def test_judge_lookup_and_custom_judges():
     assert get_judge(custom) is custom
     with pytest.raises(TypeError):
         get_judge(42)
+
+
+def test_judge_digest_follows_the_rules_not_their_order():
+    from eds.judge import judge_digest
+
+    a = SubstringJudge(phrases=("I cannot", "I'm sorry"))
+    assert judge_digest(a) == judge_digest(SubstringJudge(phrases=("i'm sorry", "I cannot")))
+    assert judge_digest(a) != judge_digest(SubstringJudge(phrases=("I cannot",)))
+    assert judge_digest(a) != judge_digest(SubstringJudge(phrases=("I cannot", "I'm sorry"), window=50))
+    assert judge_digest(get_judge("substring")) != judge_digest(get_judge("jbb"))
+    assert judge_digest(lambda prompts, responses: [False] * len(responses)) is None

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from . import data as data_mod
 from .io import fsync_file, sha256_file, tmp_path, versions, write_text_atomic
-from .judge import Judge, get_judge
+from .judge import Judge, get_judge, judge_digest
 from .models import Fingerprint, LoadedModel, layer_input, resolve_dtype
 
 FORMAT = "eds.collection/1"
@@ -303,6 +303,12 @@ def open_collections(paths: Sequence[str | Path]) -> Collection:
                 f"{c.path} was judged by {c.manifest.get('judge')!r}, {first.path} by "
                 f"{first.manifest.get('judge')!r}: labels would not mean the same"
             )
+        digests = {c.manifest.get("judge_digest"), first.manifest.get("judge_digest")}
+        if None not in digests and len(digests) > 1:
+            raise CollectionError(
+                f"{c.path} and {first.path} were judged by different versions of the "
+                f"{first.manifest.get('judge')!r} judge (its phrases differ): labels would not mean the same"
+            )
         for r in c.records:
             key = r["key"]
             if key in seen:
@@ -477,9 +483,16 @@ def _collect_locked(
     progress: bool,
 ) -> Collection:
     manifest, done = _open_or_create(out, lm, cfg, [p.key for p in plan], overwrite)
-    judge_name = getattr(judge_fn, "name", type(judge_fn).__name__)
+    judge_name, digest = getattr(judge_fn, "name", type(judge_fn).__name__), judge_digest(judge_fn)
     if manifest["judge"] not in (None, judge_name):
         raise CollectionError(f"{out} was judged with {manifest['judge']!r}, not {judge_name!r}")
+    if manifest.get("judge_digest") not in (None, digest):
+        raise CollectionError(
+            f"{out} was judged with another version of the {judge_name!r} judge (its phrases differ); "
+            "use another output folder, or --overwrite to start again"
+        )
+    if manifest["judge"] is None or "judge_digest" in manifest:  # never vouch for rows labelled before hashing
+        manifest["judge_digest"] = digest
     manifest["judge"] = judge_name
 
     # Shard files the manifest does not name come from a run killed between shard and manifest.

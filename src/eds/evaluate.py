@@ -14,7 +14,7 @@ from . import data as data_mod
 from .bundle import EnergyBundle
 from .generate import generate
 from .io import appending, read_records, write_text_atomic
-from .judge import Judge, get_judge
+from .judge import Judge, get_judge, judge_digest
 from .metrics import Rate, repeats_ngram
 from .models import LoadedModel
 
@@ -79,6 +79,7 @@ def eval_settings(
         "steer": steer,
         "max_new_tokens": max_new_tokens,
         "judge": getattr(judge, "name", type(judge).__name__),
+        **({"judge_digest": digest} if (digest := judge_digest(judge)) is not None else {}),
     }
 
 
@@ -92,6 +93,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     current = json.loads(json.dumps(settings, default=str))
     if side.exists():
         before = json.loads(side.read_text())
+        if "judge_digest" not in before:  # records from before judges were hashed: the name is all there is
+            current.pop("judge_digest", None)
         if before != current:
             diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
             raise EvalError(

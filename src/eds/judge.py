@@ -8,6 +8,8 @@ or "you can't" further down. Any callable with that signature can replace it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -154,6 +156,15 @@ class SubstringJudge:
     def refused(self, response: str) -> bool:
         return self.match(response) is not None
 
+    def digest(self) -> str:
+        """A hash of what decides the verdicts (phrases, window, exceptions), independent of order and case."""
+        spec = {
+            "phrases": sorted({normalise(p) for p in self.phrases}),
+            "window": self.window,
+            "exceptions": sorted({normalise(p) for p in self.exceptions}),
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
         return [self.refused(r) for r in responses]
 
@@ -168,6 +179,14 @@ JUDGES: dict[str, Callable[[], Judge]] = {
     # JailbreakBench's own rule: its prefixes anywhere in the response.
     "jbb": lambda: SubstringJudge(phrases=JBB_PREFIXES, window=10**9, exceptions=(), name="jbb"),
 }
+
+
+def judge_digest(judge: Judge) -> str | None:
+    """The judge's own hash of its rules, or None for a judge that does not give one. Records and
+    collections keep it next to the name, so a judge whose phrases changed under the same name is
+    noticed instead of mixing two kinds of label."""
+    fn = getattr(judge, "digest", None)
+    return fn() if callable(fn) else None
 
 
 def get_judge(judge: str | Judge) -> Judge:
