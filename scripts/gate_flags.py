@@ -1,0 +1,83 @@
+"""How much of a steered model's refusal comes from its harmfulness gate.
+
+With routing, rows the gate flags are steered toward refusal and the others toward answering, so a
+benign prompt the gate flags is almost always refused. This reads an `eds eval` (or `eds tune`)
+records file of steered replies, runs the bundle's gate on each prompt (one forward up to the gate
+layer) and prints, per group: how many rows the gate flags, and how many of the refused rows were
+flagged or passed.
+
+Run from the repository root, e.g.
+    python scripts/gate_flags.py --bundle runs/v5/bundle-wide \
+        --records runs/eval5/records/refusal-steered.jsonl --group oktest --group xstest_benign
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from eds import EnergyBundle, load_model
+from eds.io import read_records
+from eds.models import layer_input
+
+
+class _Stop(Exception):
+    """Raised by the hook: nothing after the gate layer is needed."""
+
+
+def gate_logits(lm, bundle: EnergyBundle, prompts: list[str], batch_size: int = 16) -> list[float]:
+    """The gate's harmfulness logit of each prompt (the last prompt token entering the gate layer)."""
+    if bundle.gate is None or bundle.gate_layer is None:
+        raise SystemExit("this bundle has no harmfulness gate")
+    probe, seen = bundle.gate_on(lm.device), {}
+
+    def hook(module, args, kwargs):
+        seen["h"] = layer_input(args, kwargs)[:, -1, :]
+        raise _Stop
+
+    handle = lm.layers[bundle.gate_layer].register_forward_pre_hook(hook, with_kwargs=True)
+    out: list[float] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            try:
+                with torch.inference_mode():
+                    lm.model(**lm.encode(prompts[i : i + batch_size]))
+            except _Stop:
+                pass
+            out += probe(seen["h"]).tolist()
+    finally:
+        handle.remove()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True, type=Path)
+    ap.add_argument("--records", required=True, type=Path, help="steered records (.jsonl) of eds eval or eds tune")
+    ap.add_argument("--group", action="append", help="groups to report (default: all)")
+    ap.add_argument("--model", default=None, help="default: the bundle's model")
+    args = ap.parse_args()
+    bundle = EnergyBundle.load(args.bundle)
+    lm = load_model(args.model or bundle.fingerprint.name)
+    bundle.check(lm)
+    rows = [r for r in read_records(args.records).values() if not args.group or r["group"] in args.group]
+    logits = gate_logits(lm, bundle, [r["prompt"] for r in rows])
+    counts: dict[str, Counter] = {}
+    for r, logit in zip(rows, logits, strict=True):
+        c = counts.setdefault(r["group"], Counter())
+        flagged = logit > bundle.gate_threshold
+        c["rows"] += 1
+        c["flagged"] += flagged
+        c["refused, flagged"] += r["refused"] and flagged
+        c["refused, passed"] += r["refused"] and not flagged
+    print(f"gate: layer {bundle.gate_layer}, threshold {bundle.gate_threshold:.3f}")
+    for group, c in sorted(counts.items()):
+        print(json.dumps({"group": group, **c}))
+
+
+if __name__ == "__main__":
+    main()
