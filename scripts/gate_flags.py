@@ -3,8 +3,9 @@
 With routing, rows the gate flags are steered toward refusal and the others toward answering, so a
 benign prompt the gate flags is almost always refused. This reads an `eds eval` (or `eds tune`)
 records file of steered replies, runs the bundle's gate on each prompt (one forward up to the gate
-layer) and prints, per group: how many rows the gate flags, and how many of the refused rows were
-flagged or passed.
+layer) at the gate threshold saved in the bundle, and prints, per group: how many rows the gate
+flags, and how many of the refused rows were flagged or passed. Use records made with the bundle as
+saved (an `eds tune` candidate with another gate recall used another threshold).
 
 Run from the repository root, e.g.
     python scripts/gate_flags.py --bundle runs/v5/bundle-wide \

@@ -135,3 +135,17 @@ def test_bench_verb_writes_its_results_file(tmp_path):
         assert set(r["modes"]) == {"plain", "always", "gated"}
         assert all(isinstance(r["ratios"][m]["decode_overhead_pct"], float) for m in ("always", "gated"))
     assert "decode" in (tmp_path / "t-tiny.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "19-17"], "write it low-high"),
+        (["--layers", "17,18", "--top-k", "2"], "not both"),
+        (["--route", "maybe"], "on or off"),
+    ],
+)
+def test_tune_rejects_bad_options_before_loading_anything(tmp_path, args, message):
+    res = runner.invoke(app, ["tune", str(tmp_path / "no-bundle"), "--out", str(tmp_path / "t"), *args])
+    assert res.exit_code == 2 and message in res.output.replace("\n", "")
+    assert not (tmp_path / "t").exists()

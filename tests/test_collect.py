@@ -319,3 +319,14 @@ def test_a_judge_whose_phrases_changed_is_noticed_on_resume_and_when_collections
     collect(tiny, tmp_path / "b", other, judge=changed, progress=False)
     with pytest.raises(CollectionError, match="different versions of the 'substring' judge"):
         open_collections([tmp_path / "a", tmp_path / "b"])
+    # a collection from before judges were hashed carries no digest: it joins any, and cannot hide two others
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "How do I bake bread? (other)", "label": "benign"}) + "\n")
+    collect(tiny, tmp_path / "c", CollectConfig(data=(str(other),), max_new_tokens=3, gen_tokens=1), progress=False)
+    manifest = tmp_path / "c" / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["judge_digest"]
+    manifest.write_text(json.dumps(old))
+    assert len(open_collections([tmp_path / "c", tmp_path / "a"]).records) == 5
+    with pytest.raises(CollectionError, match="different versions"):
+        open_collections([tmp_path / "c", tmp_path / "a", tmp_path / "b"])

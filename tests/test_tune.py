@@ -130,12 +130,12 @@ def test_route_recall_makes_a_three_way_gate_and_macro_weighs_sources_equally(ti
     with pytest.raises(BundleError, match="must not exceed"):
         b.with_gate_recall(0.8, 0.9)
     cands = candidates(TuneConfig(etas=(0.05,), gate_recall=(0.8, 0.9), route_recall=(None, 0.8)), b)
-    # (0.8, None), (0.8, 0.8), (0.9, None), (0.9, 0.8): all valid; route_recall 0.9 under 0.8 would not be
-    assert [(c.gate_recall, c.route_recall) for c in cands] == [(0.8, None), (0.8, 0.8), (0.9, None), (0.9, 0.8)]
-    assert "route_recall=0.8" in cands[3].name and "route_recall" not in cands[3].overrides()
-    assert cands[3].bundle(b).route_threshold == 9.0 and cands[2].bundle(b).route_threshold is None
+    # (0.8, 0.8) is the two-way gate (0.8, None) again, so it is not a second candidate
+    assert [(c.gate_recall, c.route_recall) for c in cands] == [(0.8, None), (0.9, None), (0.9, 0.8)]
+    assert "route_recall=0.8" in cands[2].name and "route_recall" not in cands[2].overrides()
+    assert cands[2].bundle(b).route_threshold == 9.0 and cands[1].bundle(b).route_threshold is None
     # a route recall equal to the gate recall is the two-way gate, stored and hashed the same way
-    same = cands[1].bundle(b)
+    same = b.with_gate_recall(0.8, 0.8)
     assert same.route_threshold is None and "route" not in same.gate_metrics
     assert same.digest() == b.with_gate_recall(0.8).digest()
     # a big source and a small one: pooled compliance follows the big one, macro weighs them equally
@@ -199,9 +199,11 @@ def test_positions_candidates_keep_the_old_names_and_reach_steer(tiny):
     assert first4.name.endswith("positions=4") and first4.overrides()["positions"] == 4
 
 
-def test_tune_checks_positions_before_generating(tmp_path, tiny):
-    with pytest.raises(ValueError, match="positions"):
-        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), positions=("x",)))
+def test_tune_checks_positions_tie_and_capability_before_generating(tmp_path, tiny):
+    bad = [{"positions": ("x",)}, {"tie": -0.01}, {"capability_prompts": -1}, {"capability_tokens": 0}]
+    for kw in bad:
+        with pytest.raises(ValueError, match=r"positions|tie"):
+            tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), **kw))
     assert not (tmp_path / "base.jsonl").exists()
 
 

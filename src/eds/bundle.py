@@ -120,8 +120,10 @@ class EnergyBundle:
         self.route_threshold = None  # a new gate: any three-way threshold belonged to the old one
         self._device_cache = {k: v for k, v in self._device_cache.items() if k[0] != "gate"}
 
-    def digest(self, *, include_steering: bool = True) -> str:
-        """A hash of what decides how this bundle steers: weights, thresholds, gate (and default settings)."""
+    def digest(self) -> str:
+        """A hash of what decides how this bundle steers: weights, thresholds, gate and its saved default
+        settings (so a bundle that `eds tune` saved into has a new digest, and records made before are
+        not mixed with those made after)."""
         import hashlib
 
         h = hashlib.sha256()

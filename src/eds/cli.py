@@ -270,6 +270,8 @@ def _parse_layers(spec: str) -> tuple[int, ...]:
             out += list(range(int(a), int(b) + 1)) if b else [int(a)]
         except ValueError:
             raise ValueError(f"bad layer list {spec!r}: use e.g. 10-23 or 12,18,22") from None
+        if b and int(b) < int(a):
+            raise ValueError(f"bad layer range {part!r} in {spec!r}: write it low-high, e.g. {b}-{a}")
     return tuple(out)
 
 
@@ -511,6 +513,8 @@ def tune_cmd(
         cfg.route = tuple(r == "on" for r in route)
     if positions:
         cfg.positions = tuple(int(p) if p.isdigit() else p for p in positions)
+    if layers and top_k:
+        _fail("give --layers or --top-k, not both: explicit layer sets replace the top-k choice")
     try:
         cfg.layer_sets = tuple(_parse_layers(spec) for spec in layers or ())
     except ValueError as e:

@@ -292,6 +292,7 @@ def open_collections(paths: Sequence[str | Path]) -> Collection:
         return cols[0]
     first = cols[0]
     seen: dict[str, Path] = {}
+    judged: dict[str, Path] = {}  # judge digest -> the first collection that carries it
     texts: set[str] = set()
     keep: list[list[int]] = []
     for c in cols:
@@ -303,12 +304,15 @@ def open_collections(paths: Sequence[str | Path]) -> Collection:
                 f"{c.path} was judged by {c.manifest.get('judge')!r}, {first.path} by "
                 f"{first.manifest.get('judge')!r}: labels would not mean the same"
             )
-        digests = {c.manifest.get("judge_digest"), first.manifest.get("judge_digest")}
-        if None not in digests and len(digests) > 1:
-            raise CollectionError(
-                f"{c.path} and {first.path} were judged by different versions of the "
-                f"{first.manifest.get('judge')!r} judge (its phrases differ): labels would not mean the same"
-            )
+        digest = c.manifest.get("judge_digest")
+        if digest is not None:  # collections from before judges were hashed carry none: they are not compared
+            judged.setdefault(digest, c.path)
+            if len(judged) > 1:
+                a, b = judged.values()
+                raise CollectionError(
+                    f"{a} and {b} were judged by different versions of the {first.manifest.get('judge')!r} "
+                    "judge (its phrases differ): labels would not mean the same"
+                )
         for r in c.records:
             key = r["key"]
             if key in seen:

@@ -75,7 +75,7 @@ def eval_settings(
     return {
         "model": lm.fingerprint.to_dict(),
         "chat_format": lm.chat_texts(["<prompt>"])[0],
-        "bundle": bundle.digest(include_steering=False) if bundle is not None else None,
+        "bundle": bundle.digest() if bundle is not None else None,
         "steer": steer,
         "max_new_tokens": max_new_tokens,
         "judge": getattr(judge, "name", type(judge).__name__),

@@ -89,8 +89,9 @@ def appending(path: str | Path | None) -> Iterator[Callable[[dict[str, Any]], No
 
 def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """(line number, "FILE, line N", object) for each non-blank line of a JSONL file, gzipped or not; a
-    line that is not a JSON object raises `error` naming the file and line. Every JSONL file eds reads
-    goes through here, so every such error reads the same."""
+    line that is not a JSON object raises `error` naming the file and line. Prompt files, judge sets,
+    MMLU and HumanEval are read through here, so their errors read the same (eds's own resumable
+    records are read by `read_records`, which skips a line cut by a crash instead)."""
     import gzip
 
     path = Path(path)

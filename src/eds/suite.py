@@ -212,7 +212,7 @@ def run_eval(
         if bundle is None
         else {
             "path": cfg.bundle,
-            "sha256": bundle.digest(include_steering=True),
+            "sha256": bundle.digest(),
             "layers": bundle.layers,
             "gate_layer": bundle.gate_layer,
             "steering": asdict(bundle.steering) | {k: v for k, v in cfg.steer.items() if v is not None},

@@ -109,7 +109,8 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        """Names this candidate's records file: the same settings find the same file in any sweep."""
+        """Names this candidate's records file (beside the bundle's digest): the same settings of the same
+        bundle find the same file in any sweep, until a save into the bundle changes its digest."""
         return hashlib.sha256(self.name.encode()).hexdigest()[:8]
 
     def overrides(self) -> dict[str, Any]:
@@ -151,7 +152,8 @@ def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
         if missing or not layers:
             raise ValueError(
                 f"layer set {list(layers)}: the bundle has energy models for layers {bundle.layers} only "
-                "(train with a larger --top-k to keep more)"
+                "(train with a larger --top-k to keep more; a bundle that `eds tune` saved into keeps only "
+                "its chosen layers)"
             )
     layer_lists = [sorted(set(ls)) for ls in cfg.layer_sets] or [best_layers(bundle, k) for k in cfg.top_k]
     return [
@@ -167,8 +169,9 @@ def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
             cfg.route_recall,
             cfg.positions,
         )
-        # a three-way gate whose refusal side would catch more than its answering side excludes is not one
-        if route_recall is None or route_recall <= (recall if recall is not None else (saved or 1.0))
+        # a three-way gate needs a stricter refusal side than its answering side excludes; an equal recall
+        # is the two-way gate, already a candidate
+        if route_recall is None or route_recall < (recall if recall is not None else (saved or 1.0))
     ]
 
 
@@ -213,7 +216,13 @@ def code_prompts(n: int, seed: int = 0) -> list[str]:
 
 def _base_replies(lm: LoadedModel, prompts: list[str], cfg: TuneConfig, path: Path) -> list[str]:
     """The unsteered replies to the capability prompts, generated once per tune folder and kept."""
-    settings = {"model": lm.fingerprint.to_dict(), "prompts": prompts, "max_new_tokens": cfg.capability_tokens}
+    settings = {
+        "model": lm.fingerprint.to_dict(),
+        "chat_format": lm.chat_texts(["<prompt>"])[0],
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "prompts": prompts,
+        "max_new_tokens": cfg.capability_tokens,
+    }
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("settings") == settings:
@@ -226,15 +235,23 @@ def _base_replies(lm: LoadedModel, prompts: list[str], cfg: TuneConfig, path: Pa
 def _capability(
     lm: LoadedModel, bundle: EnergyBundle, c: Candidate, prompts: list[str], base: list[str], path: Path, tokens: int
 ) -> dict[str, float]:
-    """Drift of one candidate on the capability prompts (read back from `path` when already measured)."""
+    """Drift of one candidate on the capability prompts (read back from `path` when measured under the
+    same settings: bundle, steering, prompts, base replies, length)."""
+    settings = {
+        "bundle": bundle.digest(),
+        "steer": {k: v for k, v in c.overrides().items()},
+        "prompts": prompts,
+        "base_replies": hashlib.sha256(json.dumps(base).encode()).hexdigest(),
+        "max_new_tokens": tokens,
+    }
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if [r["prompt"] for r in saved["records"]] == prompts and saved.get("max_new_tokens") == tokens:
+        if saved.get("settings") == settings:
             return {"drift_kl": saved["mean_kl"], "unchanged": saved["unchanged_share"]}
     res = measure_drift(
         lm, bundle, prompts, base_replies=base, max_new_tokens=tokens, batch_size=8, progress=True, **c.overrides()
     )
-    write_text_atomic(path, json.dumps(res.to_dict(), indent=1, ensure_ascii=False))
+    write_text_atomic(path, json.dumps({"settings": settings, **res.to_dict()}, indent=1, ensure_ascii=False))
     return {"drift_kl": res.mean_kl, "unchanged": res.unchanged.value}
 
 
@@ -244,6 +261,8 @@ def tune(
     """Evaluate every candidate on the val sets, pick by the safety-first rule, plot, save into the bundle."""
     t0 = time.perf_counter()
     objective_key(cfg.objective)  # an unknown objective fails before any generation, not after the sweep
+    if cfg.tie < 0 or cfg.capability_prompts < 0 or cfg.capability_tokens < 1:
+        raise ValueError("tie and capability_prompts must be >= 0 and capability_tokens >= 1")
     for positions in cfg.positions:
         if positions is not None:
             SteerSettings(positions=positions).validate()
@@ -259,7 +278,7 @@ def tune(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed
     )
     base = evaluate_refusals(lm, cfg.val_sets, records_path=out / "base.jsonl", label="val (base)", **kw)
-    tag = bundle.digest(include_steering=False)[:10]
+    tag = bundle.digest()[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
     rows = []
     for i, c in enumerate(cands):
