@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eds.bundle import BundleError, EnergyBundle
+from eds.bundle import BundleError, EnergyBundle, SteerSettings
 from eds.energy import EnergyMLP
 from eds.models import cache_keyword
 from eds.steer import steer, steer_states
@@ -472,3 +472,10 @@ def test_a_route_threshold_below_the_gate_never_steers_a_row_both_ways(tiny, tmp
     select = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     _, moved = steer_states(h, heads, eta=0.1, steps=2, select=select, threshold=-1e9)
     assert moved.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("positions", ["first", -1, True, 2.5])
+def test_bad_positions_are_refused(positions):
+    with pytest.raises(BundleError, match="positions must be"):
+        SteerSettings(positions=positions).validate()
+    SteerSettings(positions=4).validate()  # a count is fine

@@ -46,7 +46,8 @@ class SteerSettings:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise BundleError(f"mode must be one of {MODES}, not {self.mode!r}")
-        if not (self.positions in POSITIONS or (isinstance(self.positions, int) and self.positions >= 0)):
+        count = isinstance(self.positions, int) and not isinstance(self.positions, bool)
+        if not (self.positions in POSITIONS or (count and self.positions >= 0)):
             raise BundleError(f"positions must be one of {POSITIONS} or a count >= 0, not {self.positions!r}")
         if self.steps < 0 or self.eta < 0:
             raise BundleError("steps and eta must be >= 0")
