@@ -70,6 +70,21 @@ def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):
     assert len(list((tmp_path / "tune").glob("*.drift.json"))) == 4
 
 
+def test_infeasible_candidates_skip_the_capability_check(tmp_path, tiny):
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=("orbench_hard:val:2", "advbench:val:2"),
+        etas=(0.5,),
+        max_new_tokens=2,
+        margin=-1.0,  # no candidate can lose less than -100% of refusal: none is feasible
+        capability_prompts=2,
+        capability_tokens=2,
+    )
+    res = tune(tiny, random_bundle(tiny, layers=(0, 2)), cfg)
+    assert res.chosen is None and not res.rows[0]["feasible"] and "drift_kl" not in res.rows[0]
+    assert not list((tmp_path / "tune").glob("*.drift.json"))
+
+
 def test_tune_refuses_test_data(tmp_path, tiny):
     with pytest.raises(ValueError, match="validation data only"):
         tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("xstest:test",)))

@@ -293,7 +293,7 @@ def tune(
             **c.overrides(),
         )
         row = {"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)}
-        if code:
+        if code and row["feasible"]:  # drift only breaks ties among feasible rows: skip the rest
             drift_path = out / f"{tag}-{c.key}.drift.json"
             row.update(_capability(lm, c.bundle(bundle), c, code, code_base, drift_path, cfg.capability_tokens))
         rows.append(row)
