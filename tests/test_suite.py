@@ -93,3 +93,24 @@ def test_unknown_capability(tmp_path, tiny):
     cfg = EvalConfig(out=str(tmp_path / "e"), refusal_sets=(), robustness_sets=(), capability=("nope",))
     with pytest.raises(ValueError, match="unknown capability"):
         run_eval(cfg, tiny, progress=False)
+
+
+def test_tables_in_logs_are_not_wrapped_at_80_columns(monkeypatch):
+    import io
+
+    from rich.table import Table
+
+    from eds.report import LOG_WIDTH, make_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    buf = io.StringIO()
+    console = make_console(file=buf)  # a file, not a terminal: a log
+    assert console.width == LOG_WIDTH
+    table = Table("setting", "benign compliance", "worst harmful drop", "code drift (nats)")
+    table.add_row(
+        "eta=0.05 steps=3 always layers=17,18,19 route on gate recall 0.9 positions=4", "89.1%", "+2.5%", "0.010"
+    )
+    console.print(table)
+    assert any("eta=0.05 steps=3 always layers=17,18,19 route on" in line for line in buf.getvalue().splitlines())
+    monkeypatch.setenv("COLUMNS", "100")
+    assert make_console(file=io.StringIO()).width == 100  # the user's choice wins

@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import data as data_mod
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, ModelError, list_models, prepare_builtin
+from .report import make_console
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Energy-Driven Steering: fewer false refusals, harmful requests still refused.",
 )
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="built-in name, local folder or hub id")]
 DtypeOpt = Annotated[str, typer.Option(help="bfloat16 (default; fastest on CPU), float16, float32, auto")]

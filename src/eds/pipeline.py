@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from . import assets
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .collect import CollectConfig, Collection, collect, open_collections
@@ -19,9 +17,10 @@ from .data import RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import train_probe
+from .report import make_console
 from .train import TrainConfig, TrainError, TrainResult, plot_auroc, train
 
-console = Console()
+console = make_console()
 
 
 @dataclass

@@ -3,8 +3,22 @@ tables and plots, and a compact terminal table."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+
+LOG_WIDTH = 160  # columns for tables written to a file or pipe (rich would wrap them at 80)
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A rich console for eds's output. Written to a log rather than a terminal, it is LOG_WIDTH columns
+    wide (unless COLUMNS says otherwise), so per-candidate and per-dataset tables stay one row a line."""
+    console = Console(**kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ and "width" not in kwargs:
+        console.width = LOG_WIDTH
+    return console
 
 
 def _pct(rate: dict[str, Any] | None, ci: bool = True) -> str:

@@ -192,9 +192,9 @@ def run_eval(
     cfg: EvalConfig, lm: LoadedModel | None = None, *, progress: bool = True, command: str | None = None
 ) -> dict[str, Any]:
     """Run every requested part for base (and steered, with a bundle); write result.json and report.md."""
-    from rich.console import Console
+    from .report import make_console
 
-    console = Console(quiet=not progress)
+    console = make_console(quiet=not progress)
     t_start = time.perf_counter()
     out = Path(cfg.out)
     rec = out / "records"
