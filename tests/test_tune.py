@@ -149,6 +149,10 @@ def test_route_recall_makes_a_three_way_gate_and_macro_weighs_sources_equally(ti
     assert [(c.gate_recall, c.route_recall) for c in cands] == [(0.8, None), (0.9, None), (0.9, 0.8)]
     assert "route_recall=0.8" in cands[2].name and "route_recall" not in cands[2].overrides()
     assert cands[2].bundle(b).route_threshold == 9.0 and cands[1].bundle(b).route_threshold is None
+    # on the CLI there is no None: a route recall equal to the gate recall asks for the two-way gate,
+    # and one above it (a refusal side looser than the gate) is no candidate
+    cli = candidates(TuneConfig(etas=(0.05,), gate_recall=(0.9,), route_recall=(0.95, 0.9, 0.8)), b)
+    assert [(c.gate_recall, c.route_recall) for c in cli] == [(0.9, None), (0.9, 0.8)]
     # a route recall equal to the gate recall is the two-way gate, stored and hashed the same way
     same = b.with_gate_recall(0.8, 0.8)
     assert same.route_threshold is None and "route" not in same.gate_metrics

@@ -460,7 +460,7 @@ def tune_cmd(
         list[float] | None,
         typer.Option(
             help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
-            "between the two unsteered (repeatable)"
+            "between the two unsteered (repeatable; the gate recall itself gives the two-way gate)"
         ),
     ] = None,
     objective: Annotated[

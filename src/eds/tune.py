@@ -156,23 +156,28 @@ def candidates(cfg: TuneConfig, bundle: EnergyBundle) -> list[Candidate]:
                 "its chosen layers)"
             )
     layer_lists = [sorted(set(ls)) for ls in cfg.layer_sets] or [best_layers(bundle, k) for k in cfg.top_k]
-    return [
-        Candidate(eta, steps, mode, layers, gate, route, recall, route_recall, positions)
-        for eta, steps, mode, layers, gate, route, recall, route_recall, positions in itertools.product(
-            cfg.etas,
-            cfg.steps,
-            cfg.modes,
-            layer_lists,
-            cfg.harm_gate,
-            cfg.route,
-            cfg.gate_recall,
-            cfg.route_recall,
-            cfg.positions,
-        )
-        # a three-way gate needs a stricter refusal side than its answering side excludes; an equal recall
-        # is the two-way gate, already a candidate
-        if route_recall is None or route_recall < (recall if recall is not None else (saved or 1.0))
-    ]
+    out: list[Candidate] = []
+    for eta, steps, mode, layers, gate, route, recall, route_recall, positions in itertools.product(
+        cfg.etas,
+        cfg.steps,
+        cfg.modes,
+        layer_lists,
+        cfg.harm_gate,
+        cfg.route,
+        cfg.gate_recall,
+        cfg.route_recall,
+        cfg.positions,
+    ):
+        if route_recall is not None:
+            answer_side = recall if recall is not None else (saved or 1.0)
+            if route_recall > answer_side:  # the refusal side cannot flag more than the gate does
+                continue
+            if route_recall == answer_side:  # the two-way gate: `--route-recall 0.9` beside gate recall 0.9
+                route_recall = None
+        c = Candidate(eta, steps, mode, layers, gate, route, recall, route_recall, positions)
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def score(base: EvalResult, run: EvalResult, margin: float) -> dict[str, Any]:
