@@ -70,6 +70,21 @@ def test_chat_rendering_and_left_padding(tiny):
     assert "system" not in tiny.chat_texts(["hi"])[0]
 
 
+def test_encode_passes_only_ids_and_mask_so_generate_accepts_any_tokenizer(tiny, monkeypatch):
+    # some tokenizers (and older transformers) add token_type_ids, which decoder-only generate rejects
+    real = type(tiny.tokenizer).__call__
+
+    def with_type_ids(self, *args, **kwargs):
+        enc = real(self, *args, **kwargs)
+        enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
+        return enc
+
+    monkeypatch.setattr(type(tiny.tokenizer), "__call__", with_type_ids)
+    enc = tiny.encode(["hi", "a longer prompt"])
+    assert set(enc) == {"input_ids", "attention_mask"}
+    tiny.model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id)
+
+
 def test_load_model_from_local_folder(tmp_path, tiny):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)

@@ -455,10 +455,19 @@ class LoadedModel:
         return out
 
     def encode(self, prompts: list[str], system_prompt: str | None = None) -> dict[str, torch.Tensor]:
-        """Left-padded batch of chat-formatted prompts, on the model's device."""
+        """Left-padded batch of chat-formatted prompts, on the model's device: input ids and attention mask
+        only (some tokenizers add token_type_ids, which decoder-only models' `generate` rejects)."""
         texts = self.chat_texts(prompts, system_prompt)
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+
+try:
+    from huggingface_hub.errors import HFValidationError as _HubIdError
+except ImportError:  # pragma: no cover - huggingface_hub < 0.23
+
+    class _HubIdError(Exception):  # type: ignore[no-redef]
+        """Never raised: this hub version has no separate validation error."""
 
 
 _DTYPES = {
@@ -510,7 +519,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
         )
-    except OSError as e:
+    except (OSError, _HubIdError) as e:  # older huggingface_hub calls a missing folder a bad repo id
         raise ModelError(
             f"cannot load {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
             f"a local model folder, or a reachable hub id ({e})"
