@@ -78,3 +78,17 @@ def test_judge_digest_follows_the_rules_not_their_order():
     assert judge_digest(a) != judge_digest(SubstringJudge(phrases=("I cannot", "I'm sorry"), window=50))
     assert judge_digest(get_judge("substring")) != judge_digest(get_judge("jbb"))
     assert judge_digest(lambda prompts, responses: [False] * len(responses)) is None
+
+
+def test_a_new_matching_version_changes_the_digest_and_version_1_keeps_old_digests(monkeypatch):
+    import hashlib
+    import json
+
+    from eds import judge as judge_mod
+
+    a = SubstringJudge(phrases=("I cannot",), window=80, exceptions=())
+    # the digest as it was computed before MATCHING_VERSION existed: records made then still resume
+    before = {"phrases": ["i cannot"], "window": 80, "exceptions": []}
+    assert a.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    monkeypatch.setattr(judge_mod, "MATCHING_VERSION", 2)
+    assert a.digest() != hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]

@@ -110,6 +110,12 @@ _APOSTROPHES = str.maketrans(
 )
 
 
+#: Bump when normalise() or the matching code (not the phrase lists, which the digest reads) changes a
+#: verdict: records and collections judged before then are noticed on resume. Version 1 adds nothing to
+#: the digest, so records made before this constant existed still resume.
+MATCHING_VERSION = 1
+
+
 def normalise(text: str) -> str:
     """Lower-case, straight apostrophes, collapsed whitespace: so "I’m sorry" matches "i'm sorry"."""
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
@@ -157,12 +163,15 @@ class SubstringJudge:
         return self.match(response) is not None
 
     def digest(self) -> str:
-        """A hash of what decides the verdicts (phrases, window, exceptions), independent of order and case."""
+        """A hash of what decides the verdicts (phrases, window, exceptions, MATCHING_VERSION), independent
+        of order and case."""
         spec = {
             "phrases": sorted({normalise(p) for p in self.phrases}),
             "window": self.window,
             "exceptions": sorted({normalise(p) for p in self.exceptions}),
         }
+        if MATCHING_VERSION != 1:
+            spec["matching"] = MATCHING_VERSION
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
