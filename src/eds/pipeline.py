@@ -32,7 +32,7 @@ class RunConfig:
     collect_limit: int | None = 600
     positions: str = "prompt"
     top_k: int = 3
-    etas: tuple[float, ...] = (0.05, 0.08)
+    etas: tuple[float, ...] = (0.03, 0.05, 0.08)  # a small η too: the 600-prompt bundle is weaker
     # steered positions tried on val: the last prompt token and the first 4 generated tokens. A refusal
     # is decided there, and what follows (code above all) is left to the model (docs/results.md)
     steer_positions: tuple[str | int, ...] = (4,)
