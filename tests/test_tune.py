@@ -85,6 +85,26 @@ def test_infeasible_candidates_skip_the_capability_check(tmp_path, tiny):
     assert not list((tmp_path / "tune").glob("*.drift.json"))
 
 
+def test_max_drift_makes_capability_a_constraint(tmp_path, tiny):
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=("orbench_hard:val:2", "advbench:val:2"),
+        etas=(0.0, 0.5),
+        max_new_tokens=2,
+        margin=1.0,  # safe whatever happens: only the drift ceiling can rule a candidate out
+        capability_prompts=2,
+        capability_tokens=3,
+        max_drift=1e-6,
+    )
+    res = tune(tiny, random_bundle(tiny, layers=(0, 2)), cfg)
+    still, moved = res.rows
+    assert still["feasible"] and still["drift_kl"] <= 1e-6 and not still.get("drift_exceeded")
+    assert moved["drift_kl"] > 1e-6 and not moved["feasible"] and moved["drift_exceeded"]
+    assert res.chosen is not None and res.chosen.eta == 0.0
+    with pytest.raises(ValueError, match="needs the capability check"):
+        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path / "t2"), capability_prompts=0, max_drift=0.1))
+
+
 def test_tune_refuses_test_data(tmp_path, tiny):
     with pytest.raises(ValueError, match="validation data only"):
         tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("xstest:test",)))

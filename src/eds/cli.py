@@ -476,6 +476,11 @@ def tune_cmd(
     tie: Annotated[
         float, typer.Option(help="candidates this close to the best benign compliance are equal: least drift wins")
     ] = 0.01,
+    max_drift: Annotated[
+        float | None,
+        typer.Option(help="capability as a constraint: candidates whose code drift (nats per token) exceeds this "
+        "are not feasible"),
+    ] = None,
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
@@ -495,6 +500,7 @@ def tune_cmd(
         objective=objective,
         capability_prompts=capability,
         tie=tie,
+        max_drift=max_drift,
     )
     for name, values in (
         ("etas", eta),
@@ -554,11 +560,14 @@ def tune_cmd(
             f"{r['max_harmful_refusal_drop']:+.1%}",
             f"{r['repetition']:.1%}",
             f"{r['drift_kl']:.3f}" if "drift_kl" in r else "",
-            "yes" if r["feasible"] else "[red]no[/]",
+            "yes" if r["feasible"] else "[red]no (drift)[/]" if r.get("drift_exceeded") else "[red]no[/]",
         )
     console.print(table)
     if res.chosen is None:
-        console.print(f"[bold red]no setting keeps every harmful val source within {margin:.0%}; bundle unchanged")
+        drift = f" with code drift at most {max_drift} nats" if max_drift is not None else ""
+        console.print(
+            f"[bold red]no setting keeps every harmful val source within {margin:.0%}{drift}; bundle unchanged"
+        )
     else:
         console.print(f"chosen (*): {res.chosen.name}" + (f"; saved into {bundle}" if save else ""))
     console.print(

@@ -79,6 +79,7 @@ class TuneConfig:
     capability_prompts: int = 32  # code requests from alpaca:val whose drift is measured; 0: no capability check
     capability_tokens: int = 64
     tie: float = 0.01  # feasible candidates this close to the best compliance count as equal: least drift wins
+    max_drift: float | None = None  # capability as a constraint: a candidate drifting more is not feasible
     max_new_tokens: int = 40
     batch_size: int = 16
     judge: str = "substring"
@@ -268,6 +269,8 @@ def tune(
     objective_key(cfg.objective)  # an unknown objective fails before any generation, not after the sweep
     if cfg.tie < 0 or cfg.capability_prompts < 0 or cfg.capability_tokens < 1:
         raise ValueError("tie and capability_prompts must be >= 0 and capability_tokens >= 1")
+    if cfg.max_drift is not None and (cfg.max_drift < 0 or not cfg.capability_prompts):
+        raise ValueError("max_drift must be >= 0 and needs the capability check (capability_prompts > 0)")
     for positions in cfg.positions:
         if positions is not None:
             SteerSettings(positions=positions).validate()
@@ -301,6 +304,8 @@ def tune(
         if code and row["feasible"]:  # drift only breaks ties among feasible rows: skip the rest
             drift_path = out / f"{tag}-{c.key}.drift.json"
             row.update(_capability(lm, c.bundle(bundle), c, code, code_base, drift_path, cfg.capability_tokens))
+            if cfg.max_drift is not None and row["drift_kl"] > cfg.max_drift:
+                row["feasible"], row["drift_exceeded"] = False, True
         rows.append(row)
     i = pick(rows, cfg.objective, cfg.tie)
     chosen = cands[i] if i is not None else None
