@@ -478,8 +478,10 @@ def tune_cmd(
     ] = 0.01,
     max_drift: Annotated[
         float | None,
-        typer.Option(help="capability as a constraint: candidates whose code drift (nats per token) exceeds this "
-        "are not feasible"),
+        typer.Option(
+            help="capability as a constraint: candidates whose code drift (nats per token) exceeds this "
+            "are not feasible"
+        ),
     ] = None,
     val_set: Annotated[list[str] | None, typer.Option(help="validation sets (default: all val sources)")] = None,
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
