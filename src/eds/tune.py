@@ -301,7 +301,7 @@ def tune(
             **c.overrides(),
         )
         row = {"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)}
-        if code and row["feasible"]:  # drift only breaks ties among feasible rows: skip the rest
+        if code and row["feasible"]:  # drift only matters among the safe rows (tie-break or --max-drift)
             drift_path = out / f"{tag}-{c.key}.drift.json"
             row.update(_capability(lm, c.bundle(bundle), c, code, code_base, drift_path, cfg.capability_tokens))
             if cfg.max_drift is not None and row["drift_kl"] > cfg.max_drift:
