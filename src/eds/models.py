@@ -462,14 +462,6 @@ class LoadedModel:
         return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
 
-try:
-    from huggingface_hub.errors import HFValidationError as _HubIdError
-except ImportError:  # pragma: no cover - huggingface_hub < 0.23
-
-    class _HubIdError(Exception):  # type: ignore[no-redef]
-        """Never raised: this hub version has no separate validation error."""
-
-
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -507,6 +499,7 @@ def load_model(
     """Load a built-in model (fetched and converted on first use), a local folder or a hub id.
 
     bf16 is the default: on CPU it is 2-3x faster than fp32 and it is the models' native dtype."""
+    from huggingface_hub.errors import HFValidationError  # transformers >= 4.56 needs a hub that has it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path in BUILTIN_MODELS:
@@ -519,7 +512,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
         )
-    except (OSError, _HubIdError) as e:  # older huggingface_hub calls a missing folder a bad repo id
+    except (OSError, HFValidationError) as e:  # older huggingface_hub calls a missing folder a bad repo id
         raise ModelError(
             f"cannot load {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "
             f"a local model folder, or a reachable hub id ({e})"

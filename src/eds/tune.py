@@ -245,7 +245,7 @@ def _capability(
     same settings: bundle, steering, prompts, base replies, length)."""
     settings = {
         "bundle": bundle.digest(),
-        "steer": {k: v for k, v in c.overrides().items()},
+        "steer": c.overrides(),
         "prompts": prompts,
         "base_replies": hashlib.sha256(json.dumps(base).encode()).hexdigest(),
         "max_new_tokens": tokens,
@@ -291,10 +291,11 @@ def tune(
     rows = []
     for i, c in enumerate(cands):
         path = out / f"{tag}-{c.key}.jsonl"
+        steered = c.bundle(bundle)  # the candidate's gate thresholds: one copy for refusals and drift
         res = evaluate_refusals(
             lm,
             cfg.val_sets,
-            bundle=c.bundle(bundle),
+            bundle=steered,
             records_path=path,
             label=f"val {i + 1}/{len(cands)} ({c.name})",
             **kw,
@@ -303,7 +304,7 @@ def tune(
         row = {"setting": asdict(c), "name": c.name, "records": str(path), **score(base, res, cfg.margin)}
         if code and row["feasible"]:  # drift only matters among the safe rows (tie-break or --max-drift)
             drift_path = out / f"{tag}-{c.key}.drift.json"
-            row.update(_capability(lm, c.bundle(bundle), c, code, code_base, drift_path, cfg.capability_tokens))
+            row.update(_capability(lm, steered, c, code, code_base, drift_path, cfg.capability_tokens))
             if cfg.max_drift is not None and row["drift_kl"] > cfg.max_drift:
                 row["feasible"], row["drift_exceeded"] = False, True
         rows.append(row)
