@@ -29,6 +29,13 @@ def _by_dataset(section: dict[str, Any] | None, arm: str) -> dict[str, dict[str,
     return {d["dataset"]: d for d in section[arm]["datasets"]}
 
 
+def _repetition(section: dict[str, Any] | None, arm: str) -> str:
+    """Share of replies repeating a 4-gram three times, pooled over the section's datasets."""
+    ds = _by_dataset(section, arm).values()
+    k, n = sum(d["repetition_rate"]["k"] for d in ds), sum(d["repetition_rate"]["n"] for d in ds)
+    return f"{k / n:.1%}" if n else "–"
+
+
 def rows(results: list[dict[str, Any]]) -> list[list[str]]:
     """Table rows: what, n, base, then one steered column per result."""
     first = results[0]["sections"]
@@ -42,14 +49,14 @@ def rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 s = _by_dataset(res["sections"].get(part), "steered").get(name)
                 cells.append(_rate(s["refusal_rate"] if s else None, i == 0))
             out.append(cells)
-    rep = []
-    for res in results:
-        ds = list(_by_dataset(res["sections"].get("refusal"), "steered").values())
-        k, n = sum(d["repetition_rate"]["k"] for d in ds), sum(d["repetition_rate"]["n"] for d in ds)
-        rep.append(f"{k / n:.1%}" if n else "–")
-    base_ds = list(_by_dataset(first.get("refusal"), "base").values())
-    bk, bn = sum(d["repetition_rate"]["k"] for d in base_ds), sum(d["repetition_rate"]["n"] for d in base_ds)
-    out.append(["repetition (4-gram ×3), refusal sets", str(bn), f"{bk / bn:.1%}" if bn else "–", *rep])
+    out.append(
+        [
+            "repetition (4-gram ×3), refusal sets",
+            str(sum(d["n"] for d in _by_dataset(first.get("refusal"), "base").values())),
+            _repetition(first.get("refusal"), "base"),
+            *(_repetition(res["sections"].get("refusal"), "steered") for res in results),
+        ]
+    )
     for part, key, label in (("mmlu", "accuracy", "MMLU accuracy"), ("humaneval", "pass_at_1", "HumanEval pass@1")):
         sec = first.get(part)
         if not sec:
