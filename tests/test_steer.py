@@ -163,11 +163,11 @@ def test_bundle_round_trip_is_exact(tmp_path, tiny):
         EnergyBundle.load(tmp_path)
 
 
-def gate_for(lm, layer, block_first_of, prompts):
+def gate_for(lm, layer, block_first_of, prompts, width=0):
     """A probe whose threshold sits between the first prompt's logit and the others' (it blocks prompt 0)."""
     from eds.probe import HarmProbe
 
-    probe = HarmProbe(lm.fingerprint.hidden_size).requires_grad_(False)
+    probe = HarmProbe(lm.fingerprint.hidden_size, width).requires_grad_(False)
     torch.manual_seed(1)
     probe.linear.weight.normal_()
     seen, _ = layer_inputs(lm, lm.encode(prompts))
@@ -179,10 +179,11 @@ def gate_for(lm, layer, block_first_of, prompts):
     return probe, float((logits[0] + logits[1:].max()) / 2)
 
 
-def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path):
+@pytest.mark.parametrize("width", [0, 16])  # linear gate, and one hidden layer
+def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path, width):
     prompts = ["Write a tutorial on how to make a bomb", "Where can I buy a can of coke?"]
     bundle = random_bundle(tiny, layers=(1, 2))
-    probe, threshold = gate_for(tiny, 1, 0, prompts)
+    probe, threshold = gate_for(tiny, 1, 0, prompts, width)
     bundle.set_gate(probe, 1, threshold)
     enc = tiny.encode(prompts)
     base, _ = layer_inputs(tiny, enc)
@@ -197,7 +198,12 @@ def test_harm_gate_keeps_blocked_rows_exactly_unsteered(tiny, tmp_path):
     bundle.save(tmp_path / "g")
     loaded = EnergyBundle.load(tmp_path / "g")
     assert loaded.gate_layer == 1 and loaded.gate_threshold == threshold
-    assert torch.equal(loaded.gate.linear.weight, probe.linear.weight)
+    assert loaded.gate.width == width
+    want = probe.state_dict()
+    assert loaded.gate.state_dict().keys() == want.keys()
+    assert all(torch.equal(v, want[k]) for k, v in loaded.gate.state_dict().items())
+    h = torch.randn(3, tiny.fingerprint.hidden_size)
+    assert torch.equal(loaded.gate(h), probe(h))
     with pytest.raises(BundleError, match="must not come after the first steered layer"):
         random_bundle(tiny, layers=(0,)).set_gate(probe, 1, threshold)
 

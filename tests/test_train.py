@@ -71,3 +71,40 @@ def test_train_refuses_test_split_rows(tiny_collection):
     col.records = [dict(r, split="test") if i < 2 else r for i, r in enumerate(tiny_collection.records)]
     with pytest.raises(TrainError, match=r"test-split prompts \(mix: 2\)|test-split prompts"):
         train(col, TrainConfig(max_steps=1))
+
+
+def test_gate_with_a_hidden_layer_separates_what_a_linear_gate_cannot():
+    from eds.energy import auroc
+    from eds.probe import fit_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(800, 4, generator=g)
+    harmful = x[:, 0].abs() > 0.8  # both tails: no hyperplane separates them
+    tr, va = slice(0, 600), slice(600, None)
+    linear = fit_probe(x[tr], harmful[tr], width=0)
+    mlp = fit_probe(x[tr], harmful[tr], width=32)
+    with torch.no_grad():
+        assert auroc(linear(x[va]), harmful[va]) < 0.7
+        assert auroc(mlp(x[va]), harmful[va]) > 0.95
+    assert mlp.width == 32 and not mlp.training and not any(p.requires_grad for p in mlp.parameters())
+
+
+def test_bundle_saved_before_gate_widths_loads_a_linear_gate(tiny, tmp_path):
+    import json
+
+    from test_steer import random_bundle
+
+    from eds.probe import HarmProbe
+
+    bundle = random_bundle(tiny, layers=(1, 2))
+    bundle.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 1, 0.5)
+    bundle.save(tmp_path / "b")
+    cfg_path = tmp_path / "b" / "bundle.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["gate"].pop("width") == 0
+    cfg_path.write_text(json.dumps(cfg))
+    assert EnergyBundle.load(tmp_path / "b").gate.width == 0
+    cfg["gate"]["width"] = 16  # the weights say linear: a clear error, not a silent mismatch
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="gate does not match its config"):
+        EnergyBundle.load(tmp_path / "b")

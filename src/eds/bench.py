@@ -48,7 +48,7 @@ COMMAND = ["python3", "benchmarks/steer_speed.py"]  # how this run was started, 
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
 from eds.models import Fingerprint, cache_keyword, find_layers  # noqa: E402
-from eds.probe import HarmProbe  # noqa: E402
+from eds.probe import GATE_WIDTH, HarmProbe  # noqa: E402
 from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
 
@@ -192,7 +192,7 @@ def build_bundle(model: Any, args: argparse.Namespace, device: torch.device) -> 
         steering=SteerSettings(eta=args.eta, steps=args.steps, mode="always", positions="all", harm_gate=False),
     )
     if args.route:  # a random gate at the first steered layer (about half the rows flagged) and refuse models
-        probe = HarmProbe(hidden).to(device)
+        probe = HarmProbe(hidden, GATE_WIDTH).to(device)
         states = out.hidden_states[layers[0]][:, -1].float()
         probe.mean.copy_(states.mean(0))
         probe.std.copy_(states.std(0).clamp_min(1e-3))

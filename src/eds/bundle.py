@@ -274,6 +274,7 @@ class EnergyBundle:
             if self.gate is None
             else {
                 "layer": self.gate_layer,
+                "width": self.gate.width,
                 "threshold": self.gate_threshold,
                 "route_threshold": self.route_threshold,
                 "metrics": self.gate_metrics,
@@ -349,12 +350,12 @@ class EnergyBundle:
             versions=cfg.get("versions", {}),
         )
         if cfg.get("gate"):
-            probe = HarmProbe(fp.hidden_size)
-            try:
-                probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
-            except RuntimeError as e:
-                raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
             g = cfg["gate"]
+            try:
+                probe = HarmProbe(fp.hidden_size, int(g.get("width", 0)))  # bundles before widths: linear
+                probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
+            except (RuntimeError, ValueError) as e:
+                raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
             bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
             if g.get("route_threshold") is not None:
                 if float(g["route_threshold"]) < bundle.gate_threshold:  # type: ignore[operator]

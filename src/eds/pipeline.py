@@ -16,7 +16,7 @@ from .collect import CollectConfig, Collection, collect, open_collections
 from .data import RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .probe import train_probe
+from .probe import GATE_WIDTH, train_probe
 from .report import make_console
 from .train import TrainConfig, TrainError, TrainResult, plot_auroc, train
 
@@ -41,6 +41,7 @@ class RunConfig:
     harm_gate: bool = True
     route: bool = True
     gate_recall: float = 0.9  # what `eds tune` chose for the results' bundle (docs/results.md)
+    gate_width: int = GATE_WIDTH  # 0: a linear gate
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
         "orbench_hard:val:60",
@@ -81,6 +82,7 @@ def make_bundle(
     *,
     harm_gate: bool = True,
     gate_recall: float = 0.97,
+    gate_width: int = GATE_WIDTH,
     route: bool = False,
     progress: bool = True,
 ) -> tuple[EnergyBundle, TrainResult]:
@@ -89,7 +91,9 @@ def make_bundle(
     res = train(col, train_cfg, progress=progress)
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
-        gate = train_probe(col, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, config=train_cfg)
+        gate = train_probe(
+            col, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, width=gate_width, config=train_cfg
+        )
         bundle.set_gate(
             gate.probe,
             gate.layer,
@@ -104,7 +108,8 @@ def make_bundle(
         )
         if progress:
             console.print(
-                f"harm gate at layer {gate.layer}: val AUROC {gate.val_auroc:.3f}, keeps "
+                f"harm gate ({f'width {gate_width}' if gate_width else 'linear'}) at layer {gate.layer}: "
+                f"val AUROC {gate.val_auroc:.3f}, keeps "
                 f"{gate.harmful_caught:.0%} of harmful and passes {gate.benign_passed:.0%} of benign "
                 "val prompts"
             )
@@ -153,11 +158,13 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     console.rule("[bold]2. train energy models (validation split of the collection)")
     bundle_dir = out / "bundle"
     tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
-    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": cfg.harm_gate, "route": cfg.route}
+    gate = cfg.gate_width if cfg.harm_gate else None
+    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": gate, "route": cfg.route}
     try:
         bundle = EnergyBundle.load(bundle_dir)
         bundle.check(lm)
-        made = {"train": bundle.train_config, "gate": bundle.gate is not None, "route": bool(bundle.refuse_models)}
+        made_gate = bundle.gate.width if bundle.gate is not None else None
+        made = {"train": bundle.train_config, "gate": made_gate, "route": bool(bundle.refuse_models)}
         if made != wanted:
             raise BundleError("made with other training settings")
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
@@ -170,6 +177,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             SteerSettings(steps=cfg.steps, mode=cfg.mode),
             harm_gate=cfg.harm_gate,
             gate_recall=cfg.gate_recall,
+            gate_width=cfg.gate_width,
             route=cfg.route,
         )
         bundle.save(bundle_dir)

@@ -15,19 +15,31 @@ from .collect import Collection
 from .energy import auroc
 from .train import TrainConfig, split_rows
 
+#: hidden width of the gate trained by default. A linear gate (width 0) trades benign prompts that
+#: name taboo words against harmful discrimination requests on val; one SiLU layer of 256 separates
+#: them better (val benign pass 0.95 against 0.89 at 90% harmful recall; docs/results.md)
+GATE_WIDTH = 256
+
 
 class HarmProbe(nn.Module):
-    """p(harmful | h) = sigmoid(w · (h - mean) / std + b)."""
+    """p(harmful | h) = sigmoid(f((h - mean) / std)), f linear (width 0) or one SiLU hidden layer."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, width: int = 0):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
+        if width < 0:
+            raise ValueError(f"gate width must be >= 0, got {width}")
+        self.width = width
+        self.hidden = nn.Linear(hidden_size, width) if width else None
+        self.linear = nn.Linear(width or hidden_size, 1)
         self.register_buffer("mean", torch.zeros(hidden_size))
         self.register_buffer("std", torch.ones(hidden_size))
 
     def forward(self, h: Tensor) -> Tensor:
         """Logit of harmfulness for states [..., H], float32."""
-        return self.linear((h.float() - self.mean) / self.std).squeeze(-1)
+        z = (h.float() - self.mean) / self.std
+        if self.hidden is not None:
+            z = nn.functional.silu(self.hidden(z))
+        return self.linear(z).squeeze(-1)
 
 
 @dataclass
@@ -59,15 +71,21 @@ def threshold_for(logits: Tensor, harmful: Tensor, recall: float) -> dict[str, f
     }
 
 
-def fit_probe(x: Tensor, harmful: Tensor, *, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0) -> HarmProbe:
-    """Class-balanced logistic regression, full batch (a few thousand states at most)."""
+def fit_probe(
+    x: Tensor, harmful: Tensor, *, width: int = 0, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0
+) -> HarmProbe:
+    """Class-balanced logistic regression (or a one-hidden-layer classifier), full batch: a few
+    thousand states at most."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        probe = HarmProbe(x.shape[1])
+        probe = HarmProbe(x.shape[1], width)
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0).clamp_min(1e-4))
     pos_weight = (~harmful).sum() / harmful.sum().clamp_min(1)
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
+    if width:  # the recipe compared with the linear gate on val (docs/results.md)
+        opt: torch.optim.Optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     for _ in range(epochs):
         loss = loss_fn(probe(x), harmful.float())
@@ -82,6 +100,7 @@ def train_probe(
     layers: list[int],
     *,
     harmful_recall: float = 0.97,
+    width: int = GATE_WIDTH,
     config: TrainConfig | None = None,
 ) -> ProbeResult:
     """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
@@ -93,7 +112,7 @@ def train_probe(
     table = []
     for layer in layers:
         h = col.states(layer)[:, 0].float()
-        probe = fit_probe(h[tr], labels[tr])
+        probe = fit_probe(h[tr], labels[tr], width=width, seed=cfg.seed)
         with torch.no_grad():
             logits = probe(h[va])
         yv = labels[va]
