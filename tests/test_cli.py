@@ -137,6 +137,16 @@ def test_bench_verb_writes_its_results_file(tmp_path):
     assert "decode" in (tmp_path / "t-tiny.md").read_text()
 
 
+def test_bench_profile_only_skips_the_whole_generate_timings(tmp_path):
+    args = ["bench", "--config", "tiny", "--prompt-len", "8", "--new-tokens", "3", "--profile-only"]
+    res = runner.invoke(app, [*args, "--profile-batches", "2", "--out-dir", str(tmp_path), "--tag", "p"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "p-tiny.json").read_text())
+    assert doc["results"] == []
+    assert list(doc["profile"]["decode_forward"]) == ["2"]
+    assert "one decode forward, batch 2" in (tmp_path / "p-tiny.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

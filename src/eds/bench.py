@@ -784,6 +784,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="add where the time goes (sync check, kernels, decode step)")
     ap.add_argument("--profile-batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="--profile without the whole-generate timings (a few-token generate timed once is host noise)",
+    )
+    ap.add_argument(
         "--compile-check", action="store_true", help="with --profile: torch.compile(fullgraph) steer_states"
     )
     ap.add_argument("--out-dir", type=Path, default=None, help="write <tag>-<model>.json and .md here")
@@ -793,6 +798,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.new_tokens < 2:
         ap.error("--new-tokens must be at least 2 (decode = all tokens after the first)")
 
+    args.profile = args.profile or args.profile_only
     device = device_of(args)
     if args.steer_impl == "compile":
         patch_steer_states_compiled()
@@ -813,7 +819,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             "meta": info,
             "results": [],
         }
-        for b in args.batch_sizes:
+        for b in [] if args.profile_only else args.batch_sizes:
             t1 = time.perf_counter()
             doc["results"].append(bench_batch(model, bundle, b, args, device))
             r = doc["results"][-1]["ratios"]
