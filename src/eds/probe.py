@@ -15,9 +15,10 @@ from .collect import Collection
 from .energy import auroc
 from .train import TrainConfig, split_rows
 
-#: hidden width of the gate trained by default. A linear gate (width 0) trades benign prompts that
-#: name taboo words against harmful discrimination requests on val; one SiLU layer of 256 separates
-#: them better (val benign pass 0.95 against 0.89 at 90% harmful recall; docs/results.md)
+#: hidden width of the gate trained by default. On the same training data, a linear gate (width 0)
+#: let through 36% of the val discrimination requests at its 90%-recall threshold, and one SiLU layer
+#: of 256 lets through 14% while passing as many benign val prompts (97.4% against 97.7%;
+#: scripts/gate_val.py, docs/results.md)
 GATE_WIDTH = 256
 
 
