@@ -278,3 +278,33 @@ def test_layer_sets_are_candidates_and_must_be_in_the_bundle(tmp_path, tiny):
     with pytest.raises(ValueError, match=r"layer set \[1, 3\]: the bundle has energy models for layers \[0, 1, 2\]"):
         tune(tiny, b, TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), layer_sets=((1, 3),)))
     assert not (tmp_path / "base.jsonl").exists()
+
+
+def test_tune_compares_every_candidate_on_the_prompts_read_at_the_start(tmp_path, tiny, monkeypatch):
+    """A val file edited mid-run (here: after the base pass) must not give candidates other prompts."""
+    import eds.tune as tune_mod
+
+    val = tmp_path / "val.jsonl"
+    rows = [{"id": f"v{i}", "prompt": f"question {i}", "label": "benign", "split": "val"} for i in range(3)]
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real, seen = tune_mod.evaluate_refusals, []
+
+    def evaluate_then_edit(*args, **kwargs):
+        res = real(*args, **kwargs)
+        lines = kwargs["records_path"].read_text().splitlines()
+        seen.append(sorted(json.loads(line)["key"] for line in lines))
+        with val.open("a") as f:  # a prompt added while the sweep runs
+            f.write(json.dumps({"id": f"late{len(seen)}", "prompt": "late", "label": "benign", "split": "val"}) + "\n")
+        return res
+
+    monkeypatch.setattr(tune_mod, "evaluate_refusals", evaluate_then_edit)
+    cfg = TuneConfig(
+        out=str(tmp_path / "tune"),
+        val_sets=(str(val), "advbench:val:2"),
+        etas=(0.0, 0.5),
+        max_new_tokens=2,
+        capability_prompts=0,
+    )
+    tune(tiny, random_bundle(tiny, layers=(0, 2)), cfg)
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]
+    assert not any("late" in k for k in seen[0])

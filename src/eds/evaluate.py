@@ -108,6 +108,17 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         raise EvalError(f"{path} has records but no {side.name}: cannot tell how they were made")
 
 
+def labelled_prompts(specs: Sequence[str], seed: int = 0) -> list[tuple[str, data_mod.Prompt]]:
+    """(group, prompt) pairs of the specs; every prompt must carry a benign/harmful label."""
+    out: list[tuple[str, data_mod.Prompt]] = []
+    for spec in specs:
+        for p in data_mod.load(spec, seed=seed):
+            if p.label is None:
+                raise data_mod.DataError(f"{spec}: evaluation needs a benign/harmful label on every prompt ({p.key})")
+            out.append((_group_name(p, spec), p))
+    return out
+
+
 def evaluate_refusals(
     lm: LoadedModel,
     specs: Sequence[str],
@@ -120,16 +131,15 @@ def evaluate_refusals(
     progress: bool = True,
     seed: int = 0,
     label: str = "evaluate",
+    prompts: Sequence[tuple[str, data_mod.Prompt]] | None = None,
     **steer_overrides: Any,
 ) -> EvalResult:
-    """Refusal rate per dataset, with prompt-level records (resumed from `records_path` if present)."""
+    """Refusal rate per dataset, with prompt-level records (resumed from `records_path` if present).
+
+    `prompts`: the (group, prompt) pairs of `specs` from `labelled_prompts`, for callers that compare
+    several settings on the same prompts (read once, a data file edited mid-run cannot split them)."""
     judge_fn = get_judge(judge)
-    prompts: list[tuple[str, data_mod.Prompt]] = []
-    for spec in specs:
-        for p in data_mod.load(spec, seed=seed):
-            if p.label is None:
-                raise data_mod.DataError(f"{spec}: evaluation needs a benign/harmful label on every prompt ({p.key})")
-            prompts.append((_group_name(p, spec), p))
+    prompts = list(prompts) if prompts is not None else labelled_prompts(specs, seed)
     done: dict[str, dict[str, Any]] = {}
     path = Path(records_path) if records_path else None
     if path:

@@ -26,7 +26,7 @@ from typing import Any
 from . import data as data_mod
 from .bundle import EnergyBundle, SteerSettings
 from .drift import measure_drift
-from .evaluate import EvalResult, evaluate_refusals
+from .evaluate import EvalResult, evaluate_refusals, labelled_prompts
 from .generate import generate
 from .io import write_text_atomic
 from .models import LoadedModel
@@ -285,6 +285,7 @@ def tune(
     kw: dict[str, Any] = dict(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed
     )
+    kw["prompts"] = labelled_prompts(cfg.val_sets, cfg.seed)  # read once: every candidate sees the same prompts
     base = evaluate_refusals(lm, cfg.val_sets, records_path=out / "base.jsonl", label="val (base)", **kw)
     tag = bundle.digest()[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
