@@ -19,14 +19,8 @@ from pathlib import Path
 from gate_flags import gate_logits
 
 from eds import EnergyBundle, load_model
-from eds import data as data_mod
+from eds.evaluate import labelled_prompts
 from eds.tune import TuneConfig
-
-
-def group_of(p: data_mod.Prompt) -> str:
-    if p.dataset == "contrast" and p.label == "harmful":
-        return f"contrast/{p.category}"
-    return f"{p.dataset} ({p.label})"
 
 
 def main() -> None:
@@ -36,18 +30,23 @@ def main() -> None:
     ap.add_argument("--recall", type=float, action="append", help="stored gate recall targets (default 0.9, 0.95)")
     ap.add_argument("--model", default=None, help="default: the first bundle's model")
     args = ap.parse_args()
+    # the sources eds tune and eds eval report (group and label), each prompt read once
+    pairs = labelled_prompts(args.set or TuneConfig().val_sets)
+    sources: dict[tuple[str, str], list[int]] = {}
+    categories: dict[str, list[int]] = {}  # contrast harmful by category: small losses hide in the pool
+    for i, (group, p) in enumerate(pairs):
+        sources.setdefault((p.label, group), []).append(i)
+        if p.dataset == "contrast" and p.label == "harmful":
+            categories.setdefault(p.category, []).append(i)
+    labels = {label for label, _ in sources}
+    if labels != {"benign", "harmful"}:
+        raise SystemExit(f"the sets hold only {sorted(labels)} prompts: a gate needs both to be judged")
     bundles = [EnergyBundle.load(b) for b in args.bundle]
     lm = load_model(args.model or bundles[0].fingerprint.name)
-    prompts = data_mod.load_many(args.set or TuneConfig().val_sets)
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(group_of(p), []).append(i)
-    harmful = sorted(g for g, idx in groups.items() if prompts[idx[0]].label == "harmful")
-    benign = sorted(g for g in groups if g not in harmful)
     cols: list[tuple[str, list[bool]]] = []
     for path, bundle in zip(args.bundle, bundles, strict=True):
         bundle.check(lm)
-        logits = gate_logits(lm, bundle, [p.prompt for p in prompts])
+        logits = gate_logits(lm, bundle, [p.prompt for _, p in pairs])
         width = bundle.gate.width if bundle.gate is not None else 0
         for r in args.recall or (0.9, 0.95):
             threshold = bundle.with_gate_recall(r).gate_threshold
@@ -57,20 +56,22 @@ def main() -> None:
     def rate(flags: list[bool], idx: list[int], flagged: bool) -> float:
         return sum(flags[i] == flagged for i in idx) / len(idx)
 
-    def macro(flags: list[bool], names: list[str], flagged: bool) -> float:
-        return sum(rate(flags, groups[g], flagged) for g in names) / len(names)
-
     def row(label: str, n: int | str, cells: list[str]) -> None:
         print(f"| {label} | {n} | " + " | ".join(cells) + " |")
 
     row("val source", "n", [c[0] for c in cols])
     print("|---|---|" + "---|" * len(cols))
-    for title, names, flagged in (("harmful flagged", harmful, True), ("benign passed", benign, False)):
-        for g in names:
-            row(g, len(groups[g]), [f"{rate(f, groups[g], flagged):.0%}" for _, f in cols])
-        pooled = [i for g in names for i in groups[g]]
+    for label, title, flagged in (("harmful", "harmful flagged", True), ("benign", "benign passed", False)):
+        names = sorted(k for k in sources if k[0] == label)
+        for key in names:
+            row(f"{key[1]} ({label})", len(sources[key]), [f"{rate(f, sources[key], flagged):.0%}" for _, f in cols])
+            if key == ("harmful", "contrast"):
+                for cat, idx in sorted(categories.items()):
+                    row(f"&nbsp;&nbsp;{cat}", len(idx), [f"{rate(f, idx, flagged):.0%}" for _, f in cols])
+        pooled = [i for k in names for i in sources[k]]
+        macro = [sum(rate(f, sources[k], flagged) for k in names) / len(names) for _, f in cols]
         row(f"**{title}, pooled**", len(pooled), [f"**{rate(f, pooled, flagged):.1%}**" for _, f in cols])
-        row(f"**{title}, mean over sources**", "", [f"**{macro(f, names, flagged):.1%}**" for _, f in cols])
+        row(f"**{title}, mean over sources**", "", [f"**{m:.1%}**" for m in macro])
 
 
 if __name__ == "__main__":

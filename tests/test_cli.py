@@ -103,6 +103,10 @@ def test_collect_train_generate_chain(tmp_path, model_folder):
     res = runner.invoke(app, ["train", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"), "--top-k", "2"])
     assert res.exit_code == 0, res.output
     assert "chosen layers" in res.output and (tmp_path / "bundle" / "auroc_by_layer.png").exists()
+    assert "harm gate (width 256)" in res.output  # the CLI's default is probe.GATE_WIDTH
+    from eds.probe import GATE_WIDTH
+
+    assert GATE_WIDTH == 256
     res = runner.invoke(
         app,
         [
@@ -122,6 +126,8 @@ def test_collect_train_generate_chain(tmp_path, model_folder):
     assert "base:" in res.output and "states moved" in res.output
     res = runner.invoke(app, ["train", str(tmp_path / "run"), "--layers", "7"])
     assert res.exit_code == 2 and "out of range" in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "run"), "--gate-width", "-1"])
+    assert res.exit_code == 2 and "gate-width" in res.output
 
 
 def test_bench_verb_writes_its_results_file(tmp_path):

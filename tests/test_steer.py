@@ -167,15 +167,16 @@ def gate_for(lm, layer, block_first_of, prompts, width=0):
     """A probe whose threshold sits between the first prompt's logit and the others' (it blocks prompt 0)."""
     from eds.probe import HarmProbe
 
+    torch.manual_seed(1)  # before building: the hidden layer's initial weights too
     probe = HarmProbe(lm.fingerprint.hidden_size, width).requires_grad_(False)
-    torch.manual_seed(1)
     probe.linear.weight.normal_()
     seen, _ = layer_inputs(lm, lm.encode(prompts))
     logits = probe(seen[layer][:, -1])
     assert logits[0] != logits[1:].max()
     if logits[0] < logits[1:].max():  # make prompt 0 the most harmful-looking
         probe.linear.weight.neg_()
-        logits = -logits
+        probe.linear.bias.neg_()
+        logits = probe(seen[layer][:, -1])
     return probe, float((logits[0] + logits[1:].max()) / 2)
 
 

@@ -92,12 +92,15 @@ def test_gate_with_a_hidden_layer_separates_what_a_linear_gate_cannot():
 def test_bundle_saved_before_gate_widths_loads_a_linear_gate(tiny, tmp_path):
     import json
 
-    from test_steer import random_bundle
-
+    from eds.bundle import BundleError
     from eds.probe import HarmProbe
+    from eds.testing import random_bundle
 
     bundle = random_bundle(tiny, layers=(1, 2))
-    bundle.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 1, 0.5)
+    linear = HarmProbe(tiny.fingerprint.hidden_size)
+    # the tensors a linear gate had before widths existed: the weights file and digest() are unchanged
+    assert set(linear.state_dict()) == {"linear.weight", "linear.bias", "mean", "std"}
+    bundle.set_gate(linear, 1, 0.5)
     bundle.save(tmp_path / "b")
     cfg_path = tmp_path / "b" / "bundle.json"
     cfg = json.loads(cfg_path.read_text())
@@ -106,5 +109,5 @@ def test_bundle_saved_before_gate_widths_loads_a_linear_gate(tiny, tmp_path):
     assert EnergyBundle.load(tmp_path / "b").gate.width == 0
     cfg["gate"]["width"] = 16  # the weights say linear: a clear error, not a silent mismatch
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(Exception, match="gate does not match its config"):
+    with pytest.raises(BundleError, match="gate does not match its config"):
         EnergyBundle.load(tmp_path / "b")

@@ -196,7 +196,7 @@ def build_bundle(model: Any, args: argparse.Namespace, device: torch.device) -> 
         states = out.hidden_states[layers[0]][:, -1].float()
         probe.mean.copy_(states.mean(0))
         probe.std.copy_(states.std(0).clamp_min(1e-3))
-        bundle.set_gate(probe, layers[0], 0.0)
+        bundle.set_gate(probe, layers[0], float(probe(states).median()))
         bundle.refuse_models = {layer: copy.deepcopy(m) for layer, m in models.items()}
         bundle.refuse_thresholds = dict(thresholds)
     nbytes = sum(t.numel() * t.element_size() for m in models.values() for t in [*m.parameters(), *m.buffers()])

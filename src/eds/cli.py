@@ -216,7 +216,7 @@ def train_cmd(
     steps: Annotated[int, typer.Option(help="default gradient steps per position")] = 3,
     mode: Annotated[str, typer.Option(help="default steering mode: always, gated")] = "always",
     harm_gate: Annotated[bool, typer.Option(help="add a harmfulness gate (sequences it flags are not steered)")] = True,
-    gate_width: Annotated[int, typer.Option(help="hidden width of the gate (0: linear)")] = 256,  # probe.GATE_WIDTH
+    gate_width: Annotated[int, typer.Option(min=0, help="hidden width of the gate (0: linear)")] = 256,  # GATE_WIDTH
     route: Annotated[
         bool, typer.Option(help="also train refuse models: rows the gate flags are steered toward refusal")
     ] = False,

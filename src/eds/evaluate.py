@@ -137,7 +137,8 @@ def evaluate_refusals(
     """Refusal rate per dataset, with prompt-level records (resumed from `records_path` if present).
 
     `prompts`: the (group, prompt) pairs of `specs` from `labelled_prompts`, for callers that compare
-    several settings on the same prompts (read once, a data file edited mid-run cannot split them)."""
+    several settings on the same prompts (read once, a data file edited mid-run cannot split them).
+    When given, they are what is evaluated: `specs` and `seed` are not read again."""
     judge_fn = get_judge(judge)
     prompts = list(prompts) if prompts is not None else labelled_prompts(specs, seed)
     done: dict[str, dict[str, Any]] = {}

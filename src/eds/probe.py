@@ -1,4 +1,5 @@
-"""A harmfulness gate: a linear probe on the last prompt token's state that says whether the request
+"""A harmfulness gate: a small classifier (one SiLU hidden layer by default, or linear) on the last
+prompt token's state that says whether the request
 itself is harmful, independent of how the model answered. Steering is allowed only for sequences
 the probe calls benign, so an energy model that mistakes an unfamiliar harmful request for a
 scary-sounding benign one cannot push it toward compliance.

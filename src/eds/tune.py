@@ -278,14 +278,17 @@ def tune(
     code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    val: list[tuple[str, data_mod.Prompt]] = []  # read once: every candidate sees the same prompts
     for spec in cfg.val_sets:
+        pairs = labelled_prompts([spec], cfg.seed)
         # by the prompts, not the spec text: test-only sets (xstest...), wrapped and tense sets, users' files
-        if any(p.split == "test" for p in data_mod.load(spec, seed=cfg.seed)):
+        if any(p.split == "test" for _, p in pairs):
             raise ValueError(f"{spec!r} holds test-split prompts: tuning uses validation data only")
+        val += pairs
     kw: dict[str, Any] = dict(
         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed
     )
-    kw["prompts"] = labelled_prompts(cfg.val_sets, cfg.seed)  # read once: every candidate sees the same prompts
+    kw["prompts"] = val
     base = evaluate_refusals(lm, cfg.val_sets, records_path=out / "base.jsonl", label="val (base)", **kw)
     tag = bundle.digest()[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
