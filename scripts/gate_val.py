@@ -47,10 +47,10 @@ def main() -> None:
     for path, bundle in zip(args.bundle, bundles, strict=True):
         bundle.check(lm)
         logits = gate_logits(lm, bundle, [p.prompt for _, p in pairs])
-        width = bundle.gate.width if bundle.gate is not None else 0
+        assert bundle.gate is not None  # gate_logits stops on a bundle without one
+        kind = bundle.gate.kind
         for r in args.recall or (0.9, 0.95):
             threshold = bundle.with_gate_recall(r).gate_threshold
-            kind = f"width {width}" if width else "linear"
             cols.append((f"{path} (layer {bundle.gate_layer}, {kind}) at {r}", [x > threshold for x in logits]))
 
     def rate(flags: list[bool], idx: list[int], flagged: bool) -> float:

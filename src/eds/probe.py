@@ -1,8 +1,8 @@
 """A harmfulness gate: a small classifier (one SiLU hidden layer by default, or linear) on the last
-prompt token's state that says whether the request
-itself is harmful, independent of how the model answered. Steering is allowed only for sequences
-the probe calls benign, so an energy model that mistakes an unfamiliar harmful request for a
-scary-sounding benign one cannot push it toward compliance.
+prompt token's state that says whether the request itself is harmful, independent of how the model
+answered. Steering is allowed only for sequences the probe calls benign, so an energy model that
+mistakes an unfamiliar harmful request for a scary-sounding benign one cannot push it toward
+compliance.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class HarmProbe(nn.Module):
         self.linear = nn.Linear(width or hidden_size, 1)
         self.register_buffer("mean", torch.zeros(hidden_size))
         self.register_buffer("std", torch.ones(hidden_size))
+
+    @property
+    def kind(self) -> str:
+        """What it is, for tables and logs: "linear" or "width N"."""
+        return f"width {self.width}" if self.width else "linear"
 
     def forward(self, h: Tensor) -> Tensor:
         """Logit of harmfulness for states [..., H], float32."""

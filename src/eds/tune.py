@@ -286,9 +286,8 @@ def tune(
             raise ValueError(f"{spec!r} holds test-split prompts: tuning uses validation data only")
         val += pairs
     kw: dict[str, Any] = dict(
-        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, judge=cfg.judge, seed=cfg.seed, prompts=val
     )
-    kw["prompts"] = val
     base = evaluate_refusals(lm, cfg.val_sets, records_path=out / "base.jsonl", label="val (base)", **kw)
     tag = bundle.digest()[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
