@@ -165,3 +165,38 @@ def test_tune_rejects_bad_options_before_loading_anything(tmp_path, args, messag
     res = runner.invoke(app, ["tune", str(tmp_path / "no-bundle"), "--out", str(tmp_path / "t"), *args])
     assert res.exit_code == 2 and message in res.output.replace("\n", "")
     assert not (tmp_path / "t").exists()
+
+
+def _collect(model, out, *specs: str) -> None:
+    data = [a for s in specs for a in ("--data", s)]
+    args = ["collect", "--model", str(model), *data, "--out", str(out), "--max-new-tokens", "3", "--gen-tokens", "1"]
+    res = runner.invoke(app, [*args, "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+
+
+def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
+    import torch
+    from safetensors.torch import load_file
+
+    _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
+    _collect(model_folder, tmp_path / "extra", "contrast:train:24")
+    train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2"]
+    res = runner.invoke(app, [*train, "--out", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "extra"), "--out", str(tmp_path / "wide")])
+    assert res.exit_code == 0, res.output
+    plain, wide = (json.loads((tmp_path / b / "bundle.json").read_text()) for b in ("plain", "wide"))
+    # the gate saw both collections' prompts, the energy models only the first
+    assert wide["gate"]["metrics"]["data"]["collection"] == [str(tmp_path / "run"), str(tmp_path / "extra")]
+    assert plain["gate"]["metrics"]["data"]["collection"] == str(tmp_path / "run")
+    assert wide["data_summary"] == plain["data_summary"] and wide["layers"] == plain["layers"]
+    a, b = (load_file(str(tmp_path / x / "energy.safetensors")) for x in ("plain", "wide"))
+    energy = [k for k in a if k.startswith("layer.")]
+    assert energy and all(torch.equal(a[k], b[k]) for k in energy)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("gate."))
+    # test-split prompts may not reach the gate either, and gate data needs a gate
+    _collect(model_folder, tmp_path / "test", "xstest:test:6")
+    res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "test")])
+    assert res.exit_code == 2 and "test-split" in res.output
+    res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "extra"), "--no-harm-gate"])
+    assert res.exit_code == 2 and "needs --harm-gate" in res.output

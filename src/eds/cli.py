@@ -220,6 +220,10 @@ def train_cmd(
     route: Annotated[
         bool, typer.Option(help="also train refuse models: rows the gate flags are steered toward refusal")
     ] = False,
+    gate_data: Annotated[
+        list[Path] | None,
+        typer.Option(help="collection(s) the harmfulness gate also learns from (not the energy models)"),
+    ] = None,
     allow_test: Annotated[
         bool, typer.Option(help="train on test-split prompts too (results on those sets are then not held out)")
     ] = False,
@@ -232,6 +236,9 @@ def train_cmd(
 
     try:
         col = open_collections(collections)
+        gate_col = open_collections([*collections, *gate_data]) if gate_data else None
+        if gate_col is not None and not harm_gate:
+            raise ValueError("--gate-data trains the harmfulness gate: it needs --harm-gate")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,
@@ -247,6 +254,7 @@ def train_cmd(
             harm_gate=harm_gate,
             gate_width=gate_width,
             route=route,
+            gate_col=gate_col,
         )
         out = out or collections[0] / "bundle"
         bundle.save(out)

@@ -84,15 +84,24 @@ def make_bundle(
     gate_recall: float = 0.97,
     gate_width: int = GATE_WIDTH,
     route: bool = False,
+    gate_col: Collection | None = None,
     progress: bool = True,
 ) -> tuple[EnergyBundle, TrainResult]:
     """Train the energy models, keep the best layers, and (by default) add a harmfulness gate fitted on
-    the layers up to the first steered one."""
+    the layers up to the first steered one.
+
+    `gate_col` (default `col`) is what the gate learns from: a superset of `col` with prompts whose
+    harmfulness the gate should know but whose replies should not shape the energy models (the gate
+    reads only the prompt and its label)."""
     res = train(col, train_cfg, progress=progress)
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
+        gcol = gate_col or col
+        diff = col.fingerprint.mismatches(gcol.fingerprint)
+        if diff:
+            raise ValueError(f"the gate's collections come from another model: {'; '.join(diff)}")
         gate = train_probe(
-            col, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, width=gate_width, config=train_cfg
+            gcol, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, width=gate_width, config=train_cfg
         )
         bundle.set_gate(
             gate.probe,
@@ -104,6 +113,10 @@ def make_bundle(
                 "benign_passed": gate.benign_passed,
                 "recall_target": gate_recall,
                 "by_recall": gate.by_recall,
+                "data": {
+                    "collection": gcol.manifest.get("union") or str(gcol.path),
+                    "counts": {ctx: dict(c) for ctx, c in gcol.counts().items()},
+                },
             },
         )
         if progress:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .collect import Collection
 from .energy import auroc
-from .train import TrainConfig, split_rows
+from .train import TrainConfig, check_no_test, split_rows
 
 #: hidden width of the gate trained by default. On the same training data, a linear gate (width 0)
 #: let through 36% of the val discrimination requests at its 90%-recall threshold, and one SiLU layer
@@ -113,6 +113,7 @@ def train_probe(
     """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
     that `harmful_recall` of the validation harmful prompts are caught (kept from steering)."""
     cfg = config or TrainConfig()
+    check_no_test(col.records, cfg)
     tr, va = split_rows(col.records, cfg)
     labels = torch.tensor([r["label"] == "harmful" for r in col.records])
     best: ProbeResult | None = None

