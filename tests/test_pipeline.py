@@ -1,9 +1,12 @@
 import json
 
+import pytest
+
+from eds import pipeline
 from eds.pipeline import RunConfig, run
 
 
-def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny):
+def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     cfg = RunConfig(
         out=str(tmp_path / "run"),
         collect_limit=40,
@@ -27,8 +30,15 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny):
     assert sum(d["n"] for d in ev["sections"]["refusal"]["steered"]["datasets"]) == 8
     assert (tmp_path / "run" / "bundle" / "auroc_by_layer.png").exists()
     assert (tmp_path / "run" / "tune" / "tradeoff.png").exists()
-    # a second run reuses every stage: same choice, nothing regenerated
+    # the gate also learned the gate-only prompts, which the energy models never saw
+    bundle = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert bundle["gate"]["metrics"]["data"]["collection"] == [
+        str(tmp_path / "run" / d) for d in ("collect", "collect-gate")
+    ]
+    assert bundle["data_summary"]["collection"] == str(tmp_path / "run" / "collect")
+    # a second run reuses every stage: same choice, nothing regenerated, the bundle not retrained
     lines = (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n")
+    monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
     again = run(cfg, lm=tiny)
     assert again.chosen == res.chosen
     assert (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n") == lines

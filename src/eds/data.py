@@ -206,6 +206,9 @@ TENSE_TRAIN: tuple[str, ...] = (
     "jb:eds-tense:alpaca:train:60",
     "jb:eds-tense:contrast:train:50",
 )
+#: What the results' gate also learns from, apart from the energy models (eds train --gate-data):
+#: eds-written past/future-tense questions about harmful topics and their harmful twins
+GATE_MIXTURE: tuple[str, ...] = ("tense_contrast:train",)
 #: What the results' bundle was trained on (docs/results.md): the default mixture plus short benign
 #: prompts with harm-sounding words (alpaca_scary), the contrast set (benign ones in a safe sense and
 #: minimal harmful contrasts), the jailbreak-wrapped and the tense-framed train prompts.

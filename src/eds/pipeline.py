@@ -13,7 +13,7 @@ from typing import Any
 from . import assets
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .collect import CollectConfig, Collection, collect, open_collections
-from .data import RECIPE_MIXTURE
+from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import GATE_WIDTH, train_probe
@@ -29,6 +29,10 @@ class RunConfig:
     out: str = "runs/main"
     collection: tuple[str, ...] = ()  # reuse existing collection folders instead of collecting
     collect_data: tuple[str, ...] = RECIPE_MIXTURE
+    # prompts only the harmfulness gate learns from (collected apart, never limited): past/future-tense
+    # questions and their harmful twins. In the energy models' data they cost benign compliance on val;
+    # in the gate's they keep tense rephrasings refused (docs/results.md, sixth bundle)
+    gate_data: tuple[str, ...] = GATE_MIXTURE
     collect_limit: int | None = 600
     positions: str = "prompt"
     top_k: int = 3
@@ -40,7 +44,7 @@ class RunConfig:
     mode: str = "always"
     harm_gate: bool = True
     route: bool = True
-    gate_recall: float = 0.9  # what `eds tune` chose for the results' bundle (docs/results.md)
+    gate_recall: float = 0.95  # what `eds tune` chose on val for the sixth bundle (docs/results.md)
     gate_width: int = GATE_WIDTH  # 0: a linear gate
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
@@ -52,6 +56,7 @@ class RunConfig:
         "harmbench:val",
         "jb:eds-tense:advbench:val:20",
         "jb:eds-tense:alpaca:val:20",
+        "tense_val:val",  # the tense rephrasing attack's own form (what the frames above did not show)
     )
     test_sets: tuple[str, ...] = (
         "orbench_hard:test:100",
@@ -167,17 +172,29 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             data = tuple(s for s in data if not s.startswith("jb:pyrit-"))
         col = collect(lm, out / "collect", CollectConfig(data=data, limit=cfg.collect_limit, seed=cfg.seed))
     console.print({ctx: dict(c) for ctx, c in col.counts().items()})
+    gate_col = None
+    if cfg.gate_data and cfg.harm_gate:
+        console.print(f"the gate's own prompts: {', '.join(cfg.gate_data)}")
+        extra = collect(lm, out / "collect-gate", CollectConfig(data=cfg.gate_data, seed=cfg.seed))
+        gate_col = open_collections([*(cfg.collection or [out / "collect"]), extra.path])
 
     console.rule("[bold]2. train energy models (validation split of the collection)")
     bundle_dir = out / "bundle"
     tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
     gate = cfg.gate_width if cfg.harm_gate else None
-    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": gate, "route": cfg.route}
+    gate_source = gate_col.manifest.get("union") if gate_col is not None else None
+    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": gate, "gate_data": gate_source, "route": cfg.route}
     try:
         bundle = EnergyBundle.load(bundle_dir)
         bundle.check(lm)
         made_gate = bundle.gate.width if bundle.gate is not None else None
-        made = {"train": bundle.train_config, "gate": made_gate, "route": bool(bundle.refuse_models)}
+        made_source = (bundle.gate_metrics.get("data") or {}).get("collection")  # None: from before gate data
+        made = {
+            "train": bundle.train_config,
+            "gate": made_gate,
+            "gate_data": None if made_source in (None, bundle.data_summary.get("collection")) else made_source,
+            "route": bool(bundle.refuse_models),
+        }
         if made != wanted:
             raise BundleError("made with other training settings")
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
@@ -192,6 +209,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             gate_recall=cfg.gate_recall,
             gate_width=cfg.gate_width,
             route=cfg.route,
+            gate_col=gate_col,
         )
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
