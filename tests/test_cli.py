@@ -189,6 +189,12 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
     # the gate saw both collections' prompts, the energy models only the first
     assert wide["gate"]["metrics"]["data"]["collection"] == [str(tmp_path / "run"), str(tmp_path / "extra")]
     assert plain["gate"]["metrics"]["data"]["collection"] == str(tmp_path / "run")
+
+    def rows(b):
+        return sum(n for c in b["gate"]["metrics"]["data"]["counts"].values() for n in c.values())
+
+    assert rows(wide) == rows(plain) + 24 and plain["gate"]["metrics"]["data"]["gate_only"] is None
+    assert wide["gate"]["metrics"]["data"]["gate_only"]
     assert wide["data_summary"] == plain["data_summary"] and wide["layers"] == plain["layers"]
     a, b = (load_file(str(tmp_path / x / "energy.safetensors")) for x in ("plain", "wide"))
     energy = [k for k in a if k.startswith("layer.")]
@@ -199,4 +205,4 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
     res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "test")])
     assert res.exit_code == 2 and "test-split" in res.output
     res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "extra"), "--no-harm-gate"])
-    assert res.exit_code == 2 and "needs --harm-gate" in res.output
+    assert res.exit_code == 2 and "--no-harm-gate" in res.output

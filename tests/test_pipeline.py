@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -42,3 +43,14 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     again = run(cfg, lm=tiny)
     assert again.chosen == res.chosen
     assert (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n") == lines
+
+    # ... but a gate that should not (or should differently) learn the gate-only prompts is retrained
+    class Retrained(Exception):
+        pass
+
+    def retrain(*a, **k):
+        raise Retrained
+
+    monkeypatch.setattr(pipeline, "make_bundle", retrain)
+    with pytest.raises(Retrained):
+        run(replace(cfg, gate_data=()), lm=tiny)

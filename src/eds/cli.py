@@ -238,7 +238,7 @@ def train_cmd(
         col = open_collections(collections)
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
         if gate_col is not None and not harm_gate:
-            raise ValueError("--gate-data trains the harmfulness gate: it needs --harm-gate")
+            raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,
@@ -615,9 +615,16 @@ def run_cmd(
     harm_gate: Annotated[bool, typer.Option(help="train and use a harmfulness gate")] = True,
     route: Annotated[bool, typer.Option(help="steer rows the gate flags toward refusal (refuse models)")] = True,
     positions: Annotated[str, typer.Option(help="energy training states: prompt, gen, all")] = "prompt",
+    gate_data: Annotated[
+        bool, typer.Option(help="the gate also learns the recipe's gate-only prompts (tense questions)")
+    ] = True,
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
+    from .bundle import BundleError
+    from .collect import CollectionError
+    from .data import DataError
     from .pipeline import RunConfig, run
+    from .train import TrainError
 
     cfg = RunConfig(
         model=model,
@@ -629,9 +636,14 @@ def run_cmd(
         route=route and harm_gate,
         positions=positions,
     )
+    if not gate_data:
+        cfg.gate_data = ()
     if eta:
         cfg.etas = tuple(eta)
-    run(cfg)
+    try:
+        run(cfg)
+    except (CollectionError, TrainError, BundleError, DataError, ValueError) as e:
+        _fail(str(e))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ skipped when they are already there, so an interrupted run picks up where it sto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -12,13 +13,13 @@ from typing import Any
 
 from . import assets
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .collect import CollectConfig, Collection, collect, open_collections
+from .collect import CollectConfig, Collection, CollectionError, collect, open_collections
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import GATE_WIDTH, train_probe
 from .report import make_console
-from .train import TrainConfig, TrainError, TrainResult, plot_auroc, train
+from .train import TrainConfig, TrainError, TrainResult, check_no_test, plot_auroc, train
 
 console = make_console()
 
@@ -80,6 +81,16 @@ class RunResult:
     seconds: float = 0.0
 
 
+def gate_only_digest(col: Collection, gate_col: Collection | None) -> str | None:
+    """A digest of the prompts (key, label, text) that only the gate learns from, None for none: what a
+    reused bundle's gate is compared by, wherever its folders now lie."""
+    if gate_col is None:
+        return None
+    own = {r["key"] for r in col.records}
+    extra = sorted(f"{r['key']}\t{r['label']}\t{r['prompt']}" for r in gate_col.records if r["key"] not in own)
+    return hashlib.sha256("\n".join(extra).encode()).hexdigest()[:16] if extra else None
+
+
 def make_bundle(
     col: Collection,
     train_cfg: TrainConfig,
@@ -98,13 +109,21 @@ def make_bundle(
     `gate_col` (default `col`) is what the gate learns from: a superset of `col` with prompts whose
     harmfulness the gate should know but whose replies should not shape the energy models (the gate
     reads only the prompt and its label)."""
-    res = train(col, train_cfg, progress=progress)
-    bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
-    if harm_gate:
-        gcol = gate_col or col
+    gcol = gate_col or col
+    if harm_gate and gate_col is not None:  # checked before the energy models take minutes to train
         diff = col.fingerprint.mismatches(gcol.fingerprint)
         if diff:
             raise ValueError(f"the gate's collections come from another model: {'; '.join(diff)}")
+        missing = {r["key"] for r in col.records} - {r["key"] for r in gcol.records}
+        if missing:
+            raise ValueError(
+                f"the gate's collections must hold the energy models' prompts too ({len(missing)} missing, "
+                f"e.g. {min(missing)}): pass the training collections and the gate's own, read as one"
+            )
+        check_no_test(gcol.records, train_cfg, what="the gate's data (--gate-data)")
+    res = train(col, train_cfg, progress=progress)
+    bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
+    if harm_gate:
         gate = train_probe(
             gcol, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, width=gate_width, config=train_cfg
         )
@@ -121,6 +140,7 @@ def make_bundle(
                 "data": {
                     "collection": gcol.manifest.get("union") or str(gcol.path),
                     "counts": {ctx: dict(c) for ctx, c in gcol.counts().items()},
+                    "gate_only": gate_only_digest(col, gcol),
                 },
             },
         )
@@ -176,27 +196,34 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     if cfg.gate_data and cfg.harm_gate:
         console.print(f"the gate's own prompts: {', '.join(cfg.gate_data)}")
         extra = collect(lm, out / "collect-gate", CollectConfig(data=cfg.gate_data, seed=cfg.seed))
-        gate_col = open_collections([*(cfg.collection or [out / "collect"]), extra.path])
+        try:
+            gate_col = open_collections([*(cfg.collection or [out / "collect"]), extra.path])
+        except CollectionError as e:
+            raise CollectionError(f"{e} (the gate's own prompts: leave them out with --no-gate-data)") from None
 
     console.rule("[bold]2. train energy models (validation split of the collection)")
     bundle_dir = out / "bundle"
     tcfg = TrainConfig(positions=cfg.positions, top_k=cfg.top_k, seed=cfg.seed)
     gate = cfg.gate_width if cfg.harm_gate else None
-    gate_source = gate_col.manifest.get("union") if gate_col is not None else None
-    wanted = {"train": json.loads(json.dumps(asdict(tcfg))), "gate": gate, "gate_data": gate_source, "route": cfg.route}
+    wanted = {
+        "train": json.loads(json.dumps(asdict(tcfg))),
+        "gate": gate,
+        "gate-only prompts": gate_only_digest(col, gate_col) if cfg.harm_gate else None,
+        "route": cfg.route,
+    }
     try:
         bundle = EnergyBundle.load(bundle_dir)
         bundle.check(lm)
-        made_gate = bundle.gate.width if bundle.gate is not None else None
-        made_source = (bundle.gate_metrics.get("data") or {}).get("collection")  # None: from before gate data
         made = {
             "train": bundle.train_config,
-            "gate": made_gate,
-            "gate_data": None if made_source in (None, bundle.data_summary.get("collection")) else made_source,
+            "gate": bundle.gate.width if bundle.gate is not None else None,
+            "gate-only prompts": (bundle.gate_metrics.get("data") or {}).get("gate_only"),
             "route": bool(bundle.refuse_models),
         }
         if made != wanted:
-            raise BundleError("made with other training settings")
+            raise BundleError(f"made with other settings ({', '.join(k for k in wanted if made[k] != wanted[k])})")
+        if cfg.harm_gate:  # the threshold asked for now, from those stored at training
+            bundle = bundle.with_gate_recall(cfg.gate_recall)
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
     except BundleError as e:  # missing, damaged, for another model or other settings: train it
         if bundle_dir.exists():

@@ -174,12 +174,12 @@ def train_layer(
     }
 
 
-def check_no_test(records: Sequence[dict[str, Any]], cfg: TrainConfig) -> None:
+def check_no_test(records: Sequence[dict[str, Any]], cfg: TrainConfig, what: str = "the collection") -> None:
     """Refuse test-split prompts unless `cfg.allow_test`: what anything is trained on is no longer held out."""
     held_out = Counter(r.get("dataset", "?") for r in records if r.get("split") == "test")
     if held_out and not cfg.allow_test:
         raise TrainError(
-            "the collection holds test-split prompts ("
+            f"{what} holds test-split prompts ("
             + ", ".join(f"{d}: {n}" for d, n in sorted(held_out.items()))
             + "): results on those sets would no longer be held out. Collect train splits only, "
             "or pass allow_test=True (--allow-test) knowingly"
