@@ -235,10 +235,10 @@ def train_cmd(
     from .train import TrainConfig, TrainError, plot_auroc
 
     try:
+        if gate_data and not harm_gate:  # before any collection is read
+            raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
         col = open_collections(collections)
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
-        if gate_col is not None and not harm_gate:
-            raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,

@@ -19,7 +19,7 @@ from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import GATE_WIDTH, train_probe
 from .report import make_console
-from .train import TrainConfig, TrainError, TrainResult, check_no_test, plot_auroc, train
+from .train import TrainConfig, TrainError, TrainResult, check_no_test, data_source, plot_auroc, train
 
 console = make_console()
 
@@ -137,11 +137,7 @@ def make_bundle(
                 "benign_passed": gate.benign_passed,
                 "recall_target": gate_recall,
                 "by_recall": gate.by_recall,
-                "data": {
-                    "collection": gcol.manifest.get("union") or str(gcol.path),
-                    "counts": {ctx: dict(c) for ctx, c in gcol.counts().items()},
-                    "gate_only": gate_only_digest(col, gcol),
-                },
+                "data": {**data_source(gcol), "gate_only": gate_only_digest(col, gcol)},
             },
         )
         if progress:
@@ -208,7 +204,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     wanted = {
         "train": json.loads(json.dumps(asdict(tcfg))),
         "gate": gate,
-        "gate-only prompts": gate_only_digest(col, gate_col) if cfg.harm_gate else None,
+        "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
     }
     try:

@@ -174,6 +174,14 @@ def train_layer(
     }
 
 
+def data_source(col: Collection) -> dict[str, Any]:
+    """Which collection(s) a model learned from and their label counts, for a bundle's JSON."""
+    return {
+        "collection": col.manifest.get("union") or str(col.path),
+        "counts": {ctx: dict(c) for ctx, c in col.counts().items()},
+    }
+
+
 def check_no_test(records: Sequence[dict[str, Any]], cfg: TrainConfig, what: str = "the collection") -> None:
     """Refuse test-split prompts unless `cfg.allow_test`: what anything is trained on is no longer held out."""
     held_out = Counter(r.get("dataset", "?") for r in records if r.get("split") == "test")
@@ -232,11 +240,10 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
     ranked = sorted(results, key=lambda r: -r.val_auroc)
     chosen = sorted(r.layer for r in ranked[: cfg.top_k])
     summary = {
-        "collection": col.manifest.get("union") or str(col.path),
+        **data_source(col),
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
         "datasets": sorted({r["dataset"] for r in records}),
-        "counts": {ctx: dict(c) for ctx, c in col.counts().items()},
         "judge": col.manifest.get("judge"),
         "collect_config": col.manifest.get("config"),
     }
