@@ -23,36 +23,18 @@ import torch
 
 from eds import EnergyBundle, load_model
 from eds.io import read_records
-from eds.models import layer_input
-
-
-class _Stop(Exception):
-    """Raised by the hook: nothing after the gate layer is needed."""
+from eds.probe import gate_states
 
 
 def gate_logits(lm, bundle: EnergyBundle, prompts: list[str], batch_size: int = 16) -> list[float]:
-    """The gate's harmfulness logit of each prompt (the last prompt token entering the gate layer)."""
+    """The gate's harmfulness logit of each prompt (its states entering the gate layer, pooled as the gate
+    pools them while steering)."""
     if bundle.gate is None or bundle.gate_layer is None:
         raise SystemExit("this bundle has no harmfulness gate")
-    probe, seen = bundle.gate_on(lm.device), {}
-
-    def hook(module, args, kwargs):
-        seen["h"] = layer_input(args, kwargs)[:, -1, :]
-        raise _Stop
-
-    handle = lm.layers[bundle.gate_layer].register_forward_pre_hook(hook, with_kwargs=True)
-    out: list[float] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            try:
-                with torch.inference_mode():
-                    lm.model(**lm.encode(prompts[i : i + batch_size]))
-            except _Stop:
-                pass
-            out += probe(seen["h"]).tolist()
-    finally:
-        handle.remove()
-    return out
+    probe = bundle.gate_on(lm.device)
+    states = gate_states(lm, prompts, [bundle.gate_layer], probe.pool, batch_size=batch_size, progress=False)
+    with torch.no_grad():
+        return probe(states[bundle.gate_layer].to(lm.device)).tolist()
 
 
 def main() -> None:

@@ -206,3 +206,28 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
     assert res.exit_code == 2 and "test-split" in res.output
     res = runner.invoke(app, [*train, "--gate-data", str(tmp_path / "extra"), "--no-harm-gate"])
     assert res.exit_code == 2 and "--no-harm-gate" in res.output
+
+
+def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder):
+    _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
+    train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2", "--dtype", "float32"]
+    res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "0-1", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    gate = json.loads((tmp_path / "b" / "bundle.json").read_text())["gate"]
+    assert gate["pool"] == "mean" and gate["layer"] in (0, 1)
+    assert "mean of the prompt" in res.output
+    res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
+    assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")
+    res = runner.invoke(app, [*train, "--gate-pool", "max"])
+    assert res.exit_code == 2 and "unknown gate pooling" in res.output
+    from eds.bundle import SteerSettings
+    from eds.collect import open_collections
+    from eds.pipeline import make_bundle
+    from eds.probe import train_probe
+    from eds.train import TrainConfig
+
+    col = open_collections([tmp_path / "run"])
+    with pytest.raises(ValueError, match="pass the loaded model"):  # before any training
+        make_bundle(col, TrainConfig(layers=(1,)), SteerSettings(), gate_pool="mean", progress=False)
+    with pytest.raises(ValueError, match="needs its states"):
+        train_probe(col, [0], pool="mean")

@@ -486,3 +486,63 @@ def test_bad_positions_are_refused(positions):
     with pytest.raises(BundleError, match="positions must be"):
         SteerSettings(positions=positions).validate()
     SteerSettings(positions=4).validate()  # a count is fine
+
+
+def test_mean_gate_pools_while_steering_as_it_was_trained(tiny, monkeypatch):
+    """A gate on the mean of the prompt's states: steering must pool exactly the states and tokens that
+    `gate_states` pooled for training, left padding excluded, or its threshold means nothing."""
+    import importlib
+
+    from eds.probe import HarmProbe, gate_states, pool_states
+
+    prompts = ["Where can I buy a can of coke?", "How do I kill a Python process that hangs forever and ever?", "Hi"]
+    batch = gate_states(tiny, prompts, [1, 2], "mean", progress=False)
+    alone = [gate_states(tiny, [p], [1], "mean", progress=False)[1][0] for p in prompts]
+    assert torch.allclose(batch[1], torch.stack(alone), atol=1e-5)  # padding does not leak into the mean
+    assert not torch.allclose(batch[1], gate_states(tiny, prompts, [1], "last", progress=False)[1])
+    seen = []
+
+    def recording(hidden, mask, pool):
+        out = pool_states(hidden, mask, pool)
+        seen.append(out)
+        return out
+
+    # the module, not the function `eds.steer` that the package exports under its name
+    monkeypatch.setattr(importlib.import_module("eds.steer"), "pool_states", recording)
+    torch.manual_seed(0)
+    probe = HarmProbe(tiny.fingerprint.hidden_size, pool="mean").requires_grad_(False)
+    probe.linear.weight.normal_()
+    logits = probe(batch[1])
+    order = logits.argsort(descending=True)
+    bundle = random_bundle(tiny, layers=(1, 2))
+    bundle.set_gate(probe, 1, float(logits[order[:2]].mean()))  # flags the top one only
+    with steer(tiny, bundle, eta=0.2) as handle:
+        tiny.model.generate(**tiny.encode(prompts), max_new_tokens=2, do_sample=False)
+    assert len(seen) == 1 and torch.allclose(seen[0], batch[1], atol=1e-5)  # decided once, at prefill
+    assert handle.stats.moved[order[0]] == 0 and (handle.stats.moved[order[1:]] > 0).all()
+
+
+def test_gate_pooling_round_trips_and_old_bundles_read_the_last_token(tiny, tmp_path):
+    import json
+
+    from eds.probe import HarmProbe
+
+    bundle = random_bundle(tiny, layers=(1, 2))
+    bundle.set_gate(HarmProbe(tiny.fingerprint.hidden_size, 8), 1, 0.5)
+    last = bundle.digest()
+    bundle.save(tmp_path / "last")
+    cfg_path = tmp_path / "last" / "bundle.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["gate"].pop("pool") == "last"
+    cfg_path.write_text(json.dumps(cfg))  # as bundles were written before pooling
+    old = EnergyBundle.load(tmp_path / "last")
+    assert old.gate.pool == "last" and old.digest() == last
+    mean = HarmProbe(tiny.fingerprint.hidden_size, 8, "mean")
+    mean.load_state_dict(bundle.gate.state_dict())
+    bundle.set_gate(mean, 1, 0.5)
+    assert bundle.digest() != last  # the same weights read other features: another bundle
+    bundle.save(tmp_path / "mean")
+    assert EnergyBundle.load(tmp_path / "mean").gate.pool == "mean"
+    assert "mean of the prompt" in mean.kind
+    with pytest.raises(ValueError, match="unknown gate pooling"):
+        HarmProbe(4, pool="max")

@@ -140,6 +140,8 @@ class EnergyBundle:
             "gate": [self.gate_layer, self.gate_threshold],
             "steering": asdict(self.steering),
         }
+        if self.gate is not None and self.gate.pool != "last":  # only then, so older bundles keep their digest
+            meta["gate_pool"] = self.gate.pool
         if self.route_threshold is not None:  # only then, so two-way bundles keep their digest
             meta["route_threshold"] = self.route_threshold
         if self.refuse_thresholds:  # they decide routed steering in gated mode
@@ -275,6 +277,7 @@ class EnergyBundle:
             else {
                 "layer": self.gate_layer,
                 "width": self.gate.width,
+                "pool": self.gate.pool,
                 "threshold": self.gate_threshold,
                 "route_threshold": self.route_threshold,
                 "metrics": self.gate_metrics,
@@ -352,7 +355,8 @@ class EnergyBundle:
         if cfg.get("gate"):
             g = cfg["gate"]
             try:
-                probe = HarmProbe(fp.hidden_size, int(g.get("width", 0)))  # bundles before widths: linear
+                # bundles before widths: linear; before pooling: the last prompt token
+                probe = HarmProbe(fp.hidden_size, int(g.get("width", 0)), str(g.get("pool", "last")))
                 probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
             except (RuntimeError, ValueError) as e:
                 raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None

@@ -224,6 +224,17 @@ def train_cmd(
         list[Path] | None,
         typer.Option(help="collection(s) the harmfulness gate also learns from (not the energy models)"),
     ] = None,
+    gate_pool: Annotated[
+        str, typer.Option(help="what the gate reads: last (prompt token, from the collections) or mean (of the prompt)")
+    ] = "last",
+    gate_layers: Annotated[
+        str | None, typer.Option(help="layers the gate is chosen from (default: all up to the first steered)")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="for --gate-pool mean: the collections' model (default: theirs)")
+    ] = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = None,
     allow_test: Annotated[
         bool, typer.Option(help="train on test-split prompts too (results on those sets are then not held out)")
     ] = False,
@@ -239,6 +250,14 @@ def train_cmd(
             raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
         col = open_collections(collections)
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
+        lm = None
+        if harm_gate and gate_pool != "last":  # the gate reads states the collections do not keep
+            from .models import ModelError, load_model
+
+            try:
+                lm = load_model(model or col.fingerprint.name, dtype=dtype, device=device)
+            except ModelError as e:
+                _fail(str(e))
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,
@@ -255,6 +274,9 @@ def train_cmd(
             gate_width=gate_width,
             route=route,
             gate_col=gate_col,
+            gate_pool=gate_pool,
+            gate_layers=_parse_layers(gate_layers) if gate_layers else None,
+            lm=lm,
         )
         out = out or collections[0] / "bundle"
         bundle.save(out)

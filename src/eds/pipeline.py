@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from .collect import CollectConfig, Collection, CollectionError, collect, open_c
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .probe import GATE_WIDTH, train_probe
+from .probe import GATE_WIDTH, POOLS, gate_states, train_probe
 from .report import make_console
 from .train import TrainConfig, TrainError, TrainResult, check_no_test, data_source, plot_auroc, train
 
@@ -91,6 +92,15 @@ def gate_only_digest(col: Collection, gate_col: Collection | None) -> str | None
     return hashlib.sha256("\n".join(extra).encode()).hexdigest()[:16] if extra else None
 
 
+def _system_prompt(col: Collection) -> str | None:
+    """The system prompt the collections were made with (None: the model's default), one for all."""
+    parts = getattr(col, "parts", None) or [col]
+    prompts = {p.manifest.get("config", {}).get("system_prompt") for p in parts}
+    if len(prompts) > 1:
+        raise ValueError(f"the collections were made with different system prompts: {sorted(map(str, prompts))}")
+    return prompts.pop()
+
+
 def make_bundle(
     col: Collection,
     train_cfg: TrainConfig,
@@ -101,6 +111,9 @@ def make_bundle(
     gate_width: int = GATE_WIDTH,
     route: bool = False,
     gate_col: Collection | None = None,
+    gate_pool: str = "last",
+    gate_layers: Sequence[int] | None = None,
+    lm: LoadedModel | None = None,
     progress: bool = True,
 ) -> tuple[EnergyBundle, TrainResult]:
     """Train the energy models, keep the best layers, and (by default) add a harmfulness gate fitted on
@@ -108,8 +121,21 @@ def make_bundle(
 
     `gate_col` (default `col`) is what the gate learns from: a superset of `col` with prompts whose
     harmfulness the gate should know but whose replies should not shape the energy models (the gate
-    reads only the prompt and its label)."""
+    reads only the prompt and its label). A gate pooling other than "last" reads states the collections
+    do not keep: `lm`, the collections' model, computes them (`gate_states`). `gate_layers` limits the
+    layers the gate is chosen from (default: all up to the first steered one)."""
     gcol = gate_col or col
+    if harm_gate:  # checked before the energy models take minutes to train
+        if gate_pool not in POOLS:
+            raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
+        if gate_pool != "last" and lm is None:
+            raise ValueError(f"a {gate_pool!r} gate reads the prompts through the model: pass the loaded model")
+        if lm is not None:
+            diff = col.fingerprint.mismatches(lm.fingerprint)
+            if diff:
+                raise ValueError(f"the model given is not the collections' model: {'; '.join(diff)}")
+        if gate_layers is not None and (not gate_layers or min(gate_layers) < 0):
+            raise ValueError(f"gate layers must be a non-empty list of layer indices, got {list(gate_layers)}")
     if harm_gate and gate_col is not None:  # checked before the energy models take minutes to train
         diff = col.fingerprint.mismatches(gcol.fingerprint)
         if diff:
@@ -124,8 +150,32 @@ def make_bundle(
     res = train(col, train_cfg, progress=progress)
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
+        first = min(bundle.layers)
+        candidates = sorted(set(gate_layers)) if gate_layers is not None else list(range(first + 1))
+        if candidates[-1] > first:
+            raise ValueError(
+                f"gate layers {[x for x in candidates if x > first]} come after the first steered layer ({first}): "
+                "the gate decides before any steering"
+            )
+        states = None
+        if gate_pool != "last":
+            assert lm is not None
+            states = gate_states(
+                lm,
+                [r["prompt"] for r in gcol.records],
+                candidates,
+                gate_pool,
+                system_prompt=_system_prompt(gcol),
+                progress=progress,
+            )
         gate = train_probe(
-            gcol, list(range(min(bundle.layers) + 1)), harmful_recall=gate_recall, width=gate_width, config=train_cfg
+            gcol,
+            candidates,
+            harmful_recall=gate_recall,
+            width=gate_width,
+            config=train_cfg,
+            states=states,
+            pool=gate_pool,
         )
         bundle.set_gate(
             gate.probe,

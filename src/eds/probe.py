@@ -7,13 +7,16 @@ compliance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .collect import Collection
 from .energy import auroc
+from .models import LoadedModel, layer_input
 from .train import TrainConfig, check_no_test, split_rows
 
 #: hidden width of the gate trained by default. On the same training data, a linear gate (width 0)
@@ -23,14 +26,38 @@ from .train import TrainConfig, check_no_test, split_rows
 GATE_WIDTH = 256
 
 
-class HarmProbe(nn.Module):
-    """p(harmful | h) = sigmoid(f((h - mean) / std)), f linear (width 0) or one SiLU hidden layer."""
+#: what the gate reads from a prompt's states at its layer: the last prompt token (the state the
+#: model's answer grows from), or the mean over the prompt's tokens. On prompt types a gate never saw
+#: (leave-one-category-out on the training collections, scripts/gate_loso.py) the mean at a middle
+#: layer sorted harmful from benign better (AUROC 0.92 against 0.87 for the last token): the last
+#: token carries the model's own refusal intent, which false refusals share with harmful requests.
+POOLS = ("last", "mean")
 
-    def __init__(self, hidden_size: int, width: int = 0):
+
+def pool_states(hidden: Tensor, mask: Tensor | None, pool: str) -> Tensor:
+    """[B, T, H] states of a prompt (left-padded; `mask` [B, T], 1 = token, None = no padding) -> [B, H]."""
+    if pool == "last":
+        return hidden[:, -1, :]
+    if pool != "mean":
+        raise ValueError(f"unknown gate pooling {pool!r}; use one of {', '.join(POOLS)}")
+    if mask is None:
+        return hidden.float().mean(1)
+    m = mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class HarmProbe(nn.Module):
+    """p(harmful | h) = sigmoid(f((h - mean) / std)), f linear (width 0) or one SiLU hidden layer; h is
+    the prompt's states at the gate layer pooled by `pool`."""
+
+    def __init__(self, hidden_size: int, width: int = 0, pool: str = "last"):
         super().__init__()
         if width < 0:
             raise ValueError(f"gate width must be >= 0, got {width}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown gate pooling {pool!r}; use one of {', '.join(POOLS)}")
         self.width = width
+        self.pool = pool
         self.hidden = nn.Linear(hidden_size, width) if width else None
         self.linear = nn.Linear(width or hidden_size, 1)
         self.register_buffer("mean", torch.zeros(hidden_size))
@@ -38,8 +65,9 @@ class HarmProbe(nn.Module):
 
     @property
     def kind(self) -> str:
-        """What it is, for tables and logs: "linear" or "width N"."""
-        return f"width {self.width}" if self.width else "linear"
+        """What it is, for tables and logs: "linear" or "width N", and the pooling unless the last token."""
+        kind = f"width {self.width}" if self.width else "linear"
+        return kind if self.pool == "last" else f"{kind}, {self.pool} of the prompt"
 
     def forward(self, h: Tensor) -> Tensor:
         """Logit of harmfulness for states [..., H], float32."""
@@ -79,13 +107,20 @@ def threshold_for(logits: Tensor, harmful: Tensor, recall: float) -> dict[str, f
 
 
 def fit_probe(
-    x: Tensor, harmful: Tensor, *, width: int = 0, weight_decay: float = 1e-2, epochs: int = 300, seed: int = 0
+    x: Tensor,
+    harmful: Tensor,
+    *,
+    width: int = 0,
+    pool: str = "last",
+    weight_decay: float = 1e-2,
+    epochs: int = 300,
+    seed: int = 0,
 ) -> HarmProbe:
     """Class-balanced logistic regression (or a one-hidden-layer classifier), full batch: a few
-    thousand states at most."""
+    thousand states at most. `pool` only labels what `x` holds."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        probe = HarmProbe(x.shape[1], width)
+        probe = HarmProbe(x.shape[1], width, pool)
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0).clamp_min(1e-4))
     pos_weight = (~harmful).sum() / harmful.sum().clamp_min(1)
@@ -102,6 +137,56 @@ def fit_probe(
     return probe.eval().requires_grad_(False)
 
 
+class _Stop(Exception):
+    """Raised by the last hook of `gate_states`: the layers after it are not needed."""
+
+
+def gate_states(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    pool: str,
+    *,
+    system_prompt: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[int, Tensor]:
+    """What a gate at each of `layers` reads from each prompt (pooled by `pool`), {layer: [N, H] float32},
+    from one forward per batch that stops after the last of them. The same pooling as the gate applies
+    while steering, so training and use see the same features."""
+    from rich.progress import track
+
+    if not layers:
+        raise ValueError("no gate layers given")
+    last, seen, out = max(layers), {}, {layer: [] for layer in layers}
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            seen[layer] = pool_states(layer_input(args, kwargs), seen["mask"], pool).float()
+            if layer == last:
+                raise _Stop
+
+        return hook
+
+    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    starts = range(0, len(prompts), batch_size)
+    try:
+        for i in track(starts, description="gate states", disable=not progress, total=len(starts)):
+            enc = lm.encode(list(prompts[i : i + batch_size]), system_prompt)
+            seen["mask"] = enc["attention_mask"]
+            try:
+                with torch.inference_mode():
+                    lm.model(**enc)
+            except _Stop:
+                pass
+            for layer in layers:
+                out[layer].append(seen[layer].cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return {layer: torch.cat(v) for layer, v in out.items()}
+
+
 def train_probe(
     col: Collection,
     layers: list[int],
@@ -109,18 +194,29 @@ def train_probe(
     harmful_recall: float = 0.97,
     width: int = GATE_WIDTH,
     config: TrainConfig | None = None,
+    states: dict[int, Tensor] | None = None,
+    pool: str = "last",
 ) -> ProbeResult:
     """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
-    that `harmful_recall` of the validation harmful prompts are caught (kept from steering)."""
+    that `harmful_recall` of the validation harmful prompts are caught (kept from steering).
+
+    The probe reads the collection's last-prompt-token states, or `states` ({layer: [N, H]}, one row per
+    record, e.g. from `gate_states`) pooled by `pool`."""
     cfg = config or TrainConfig()
     check_no_test(col.records, cfg)
+    if states is not None:
+        bad = [layer for layer in layers if layer not in states or len(states[layer]) != len(col.records)]
+        if bad:
+            raise ValueError(f"gate states missing or of the wrong length at layers {bad}")
+    elif pool != "last":
+        raise ValueError(f"a {pool!r} gate needs its states (gate_states): collections keep the last prompt token")
     tr, va = split_rows(col.records, cfg)
     labels = torch.tensor([r["label"] == "harmful" for r in col.records])
     best: ProbeResult | None = None
     table = []
     for layer in layers:
-        h = col.states(layer)[:, 0].float()
-        probe = fit_probe(h[tr], labels[tr], width=width, seed=cfg.seed)
+        h = states[layer] if states is not None else col.states(layer)[:, 0].float()
+        probe = fit_probe(h[tr], labels[tr], width=width, pool=pool, seed=cfg.seed)
         with torch.no_grad():
             logits = probe(h[va])
         yv = labels[va]

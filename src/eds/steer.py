@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP, FrozenEnergy, FrozenHeads, mlp_backward, mlp_hidden
 from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
+from .probe import pool_states
 
 
 def steer_states(
@@ -118,6 +119,7 @@ class _Phase:
     gen_index: int = -1  # -1 = prefill; j = decode step feeding generated token j
     steering: bool = False  # whether this forward's newest position is steered (settings and gen_index)
     stats: SteerStats = field(default_factory=SteerStats)
+    mask: Tensor | None = None  # [B, T] the prompt's attention mask at prefill (1 = token), for a pooling gate
     allow: Tensor | None = None  # [B] rows the harmfulness gate lets be steered (None = all)
     select: Tensor | None = None  # [B, 2] with routing: one-hot (answer head, refuse head), or no head
 
@@ -213,6 +215,8 @@ def steer(
             phase.gen_index = -1
             phase.stats.reset(batch, device)
             phase.allow = phase.select = None
+            mask = kwargs.get("attention_mask")  # over cache and prompt: the prompt's part is the last t
+            phase.mask = mask[:, -t:] if isinstance(mask, Tensor) and mask.dim() == 2 else None
         else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
         j = phase.gen_index
@@ -262,8 +266,7 @@ def steer(
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
-            hidden = layer_input(args, kwargs)
-            logit = probe(hidden[:, -1, :])
+            logit = probe(pool_states(layer_input(args, kwargs), phase.mask, probe.pool))
             phase.allow = logit <= gate_threshold
             if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
                 phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)
