@@ -7,7 +7,8 @@ harmful twins) is left out of the gate's training in turn; the gate is fitted on
 thresholded at the given recall on the usual held-out fifth, and scored on the type it never saw.
 Per gate layer and pooling this prints the AUROC on the unseen types (mean over types), and at the
 threshold the share of their benign prompts passed, of their harmful ones flagged, and of the
-benign ones the base model refused (the false refusals steering is for) passed. Only train-split
+benign ones the base model refused (the false refusals steering is for) passed. The `tense_contrast`
+questions (past/future tense, with harmful twins) are left out the same way and reported apart. Only train-split
 collections are read: it can choose a gate's layer and pooling without touching val or test.
 
 Run from the repository root, e.g.
@@ -40,6 +41,10 @@ TYPES = {
     "safety": ("safety_info", "contrast_safety"),
     "taboo": ("taboo", "contrast_taboo"),
 }
+#: past/future-tense questions and their harmful twins (`tense_contrast`), left out the same way but
+#: reported apart: they are the type the tune's `tense_val` guards, and pooling would hide them
+TENSE = {"tense": ("tense", "contrast_tense")}
+TYPED = ("contrast", "tense_contrast")  # the datasets whose categories are such types
 
 
 def main() -> None:
@@ -57,17 +62,22 @@ def main() -> None:
     recs = col.records
     harmful = torch.tensor([r["label"] == "harmful" for r in recs])
     refused = torch.tensor([bool(r["refused"]) for r in recs])
-    kind = [next((t for t, cats in TYPES.items() if r["category"] in cats), None) for r in recs] if recs else []
-    kind = [k if r["dataset"] == "contrast" else None for k, r in zip(kind, recs, strict=True)]
-    if not any(kind):
+    types = {**TYPES, **TENSE}
+    kind = [
+        next((t for t, cats in types.items() if r["category"] in cats), None) if r["dataset"] in TYPED else None
+        for r in recs
+    ]
+    if not any(k in TYPES for k in kind):
         raise SystemExit("no `contrast` prompts in these collections: nothing to leave out")
     tr_all, va_all = split_rows(recs, cfg)
     recalls = args.recall or (0.9, 0.95)
     pools = args.pool or ["last", "mean"]
     lm = load_model(args.model or col.fingerprint.name) if "mean" in pools else None
     prompts = [r["prompt"] for r in recs]
-    print("| pool | layer | recall | AUROC, unseen types | benign passed | harmful flagged | false refusals passed |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| pool | layer | recall | left out | AUROC, unseen | benign passed | harmful flagged | false refusals passed |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for pool in pools:
         if pool == "mean":
             assert lm is not None
@@ -78,7 +88,7 @@ def main() -> None:
             x = feats[layer]
             logits: dict[str, torch.Tensor] = {}
             thresholds: dict[str, dict[float, float]] = {}
-            for t in TYPES:
+            for t in types:
                 out = torch.tensor([k == t for k in kind])
                 if not out.any():
                     continue
@@ -91,24 +101,29 @@ def main() -> None:
                 thresholds[t] = {
                     r: threshold_for(lo[va], harmful[va], r)["threshold"] for r in args.recall or (0.9, 0.95)
                 }
-            aucs = []
-            for t, lo in logits.items():
-                out = torch.tensor([k == t for k in kind])
-                aucs.append(float(auroc(lo[out], harmful[out])))
-            for r in recalls:
-                n = {"b": [0, 0], "h": [0, 0], "fr": [0, 0]}
-                for t, lo in logits.items():
+            for label, group in (("contrast types", TYPES), ("tense questions", TENSE)):
+                done = [t for t in group if t in logits]
+                if not done:
+                    continue
+                aucs = []
+                for t in done:
                     out = torch.tensor([k == t for k in kind])
-                    flag = lo > thresholds[t][r]
-                    for key, rows, want in (
-                        ("b", out & ~harmful, False),
-                        ("h", out & harmful, True),
-                        ("fr", out & ~harmful & refused, False),
-                    ):
-                        n[key][0] += int((flag[rows] == want).sum())
-                        n[key][1] += int(rows.sum())
-                cells = [f"{a}/{b} ({a / max(b, 1):.0%})" for a, b in n.values()]
-                print(f"| {pool} | {layer} | {r} | {sum(aucs) / len(aucs):.3f} | " + " | ".join(cells) + " |")
+                    aucs.append(float(auroc(logits[t][out], harmful[out])))
+                for r in recalls:
+                    n = {"b": [0, 0], "h": [0, 0], "fr": [0, 0]}
+                    for t in done:
+                        out = torch.tensor([k == t for k in kind])
+                        flag = logits[t] > thresholds[t][r]
+                        for key, rows, want in (
+                            ("b", out & ~harmful, False),
+                            ("h", out & harmful, True),
+                            ("fr", out & ~harmful & refused, False),
+                        ):
+                            n[key][0] += int((flag[rows] == want).sum())
+                            n[key][1] += int(rows.sum())
+                    cells = [f"{a}/{b} ({a / max(b, 1):.0%})" for a, b in n.values()]
+                    row = f"| {pool} | {layer} | {r} | {label} | {sum(aucs) / len(aucs):.3f} | "
+                    print(row + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
