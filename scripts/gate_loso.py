@@ -26,6 +26,7 @@ import torch
 from eds import load_model
 from eds.collect import open_collections
 from eds.energy import auroc
+from eds.pipeline import system_prompt_of
 from eds.probe import GATE_WIDTH, fit_probe, gate_states, threshold_for
 from eds.train import TrainConfig, check_no_test, split_rows
 
@@ -81,7 +82,7 @@ def main() -> None:
     for pool in pools:
         if pool == "mean":
             assert lm is not None
-            feats = gate_states(lm, prompts, args.layer, "mean")
+            feats = gate_states(lm, prompts, args.layer, "mean", system_prompt=system_prompt_of(col))
         else:
             feats = {layer: col.states(layer)[:, 0].float() for layer in args.layer}
         for layer in args.layer:

@@ -208,7 +208,7 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
     assert res.exit_code == 2 and "--no-harm-gate" in res.output
 
 
-def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder):
+def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder, monkeypatch):
     _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
     train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2", "--dtype", "float32"]
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "0-1", "--out", str(tmp_path / "b")])
@@ -227,7 +227,12 @@ def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_f
     from eds.train import TrainConfig
 
     col = open_collections([tmp_path / "run"])
-    with pytest.raises(ValueError, match="pass the loaded model"):  # before any training
+    monkeypatch.setattr("eds.pipeline.train", lambda *a, **k: pytest.fail("trained before the check"))
+    with pytest.raises(ValueError, match="pass the loaded model"):
         make_bundle(col, TrainConfig(layers=(1,)), SteerSettings(), gate_pool="mean", progress=False)
+    with pytest.raises(ValueError, match="must lie in"):
+        make_bundle(col, TrainConfig(layers=(1,)), SteerSettings(), gate_layers=[9], progress=False)
     with pytest.raises(ValueError, match="needs its states"):
         train_probe(col, [0], pool="mean")
+    with pytest.raises(ValueError, match="how the given gate states were pooled"):
+        train_probe(col, [0], states={0: col.states(0)[:, 0].float()})

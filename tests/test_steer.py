@@ -516,10 +516,15 @@ def test_mean_gate_pools_while_steering_as_it_was_trained(tiny, monkeypatch):
     order = logits.argsort(descending=True)
     bundle = random_bundle(tiny, layers=(1, 2))
     bundle.set_gate(probe, 1, float(logits[order[:2]].mean()))  # flags the top one only
-    with steer(tiny, bundle, eta=0.2) as handle:
-        tiny.model.generate(**tiny.encode(prompts), max_new_tokens=2, do_sample=False)
-    assert len(seen) == 1 and torch.allclose(seen[0], batch[1], atol=1e-5)  # decided once, at prefill
-    assert handle.stats.moved[order[0]] == 0 and (handle.stats.moved[order[1:]] > 0).all()
+    for cache in (None, "static"):  # a static cache hands the model a 4-D mask
+        seen.clear()
+        with steer(tiny, bundle, eta=0.2) as handle:
+            tiny.model.generate(**tiny.encode(prompts), max_new_tokens=2, do_sample=False, cache_implementation=cache)
+        assert len(seen) == 1 and torch.allclose(seen[0], batch[1], atol=1e-5), cache  # decided once, at prefill
+        assert handle.stats.moved[order[0]] == 0 and (handle.stats.moved[order[1:]] > 0).all()
+    enc = tiny.encode(prompts)
+    with steer(tiny, bundle), pytest.raises(RuntimeError, match="without an attention mask"):
+        tiny.model(input_ids=enc["input_ids"])  # a padded batch would be pooled with its padding
 
 
 def test_gate_pooling_round_trips_and_old_bundles_read_the_last_token(tiny, tmp_path):
@@ -543,6 +548,24 @@ def test_gate_pooling_round_trips_and_old_bundles_read_the_last_token(tiny, tmp_
     assert bundle.digest() != last  # the same weights read other features: another bundle
     bundle.save(tmp_path / "mean")
     assert EnergyBundle.load(tmp_path / "mean").gate.pool == "mean"
+    # a format older eds versions refuse, instead of gating on the last token unawares
+    assert json.loads((tmp_path / "mean" / "bundle.json").read_text())["format"] == "eds.bundle/2"
+    assert json.loads(cfg_path.read_text())["format"] == "eds.bundle/1"
     assert "mean of the prompt" in mean.kind
     with pytest.raises(ValueError, match="unknown gate pooling"):
         HarmProbe(4, pool="max")
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # absolute positions, and RoPE
+def test_gate_states_do_not_depend_on_left_padding(model_type):
+    """gate_states numbers a padded row's positions as `generate` does, so a prompt pools the same
+    whatever it is batched with."""
+    from eds.probe import gate_states
+
+    lm = tiny_model(model_type)
+    prompts = ["Where can I buy a can of coke?", "How do I kill a Python process that hangs forever and ever?"]
+    batch = gate_states(lm, prompts, [1], "mean", progress=False)[1]
+    alone = torch.cat([gate_states(lm, [p], [1], "mean", progress=False)[1] for p in prompts])
+    assert torch.allclose(batch, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="gate layers must lie in"):
+        gate_states(lm, prompts, [len(lm.layers)], "mean", progress=False)

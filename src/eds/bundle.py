@@ -21,6 +21,9 @@ from .models import Fingerprint, LoadedModel, ModelError
 from .probe import HarmProbe
 
 FORMAT = "eds.bundle/1"
+#: written for bundles whose gate pools the prompt (not the last token): an eds that cannot pool refuses
+#: them instead of gating on the wrong state. Loaded alike.
+FORMAT_POOLED = "eds.bundle/2"
 WEIGHTS, CONFIG = "energy.safetensors", "bundle.json"
 MODES = ("always", "gated")
 POSITIONS = ("prompt", "all")
@@ -256,11 +259,12 @@ class EnergyBundle:
             for layer, m in self.refuse_models.items()
             for k, v in m.state_dict().items()
         }
+        fmt = FORMAT if self.gate is None or self.gate.pool == "last" else FORMAT_POOLED
         tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        save_file(tensors, str(tmp), metadata={"format": fmt})
         os.replace(tmp, path / WEIGHTS)
         config = {
-            "format": FORMAT,
+            "format": fmt,
             "fingerprint": self.fingerprint.to_dict(),
             "layers": {
                 str(layer): {"widths": list(m.widths), "threshold": self.thresholds[layer]}
@@ -307,8 +311,8 @@ class EnergyBundle:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise BundleError(f"{cfg_path}: unreadable ({e})") from None
-        if cfg.get("format") != FORMAT:
-            raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
+        if cfg.get("format") not in (FORMAT, FORMAT_POOLED):
+            raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r} or {FORMAT_POOLED!r}")
         if sha256_file(w_path) != cfg.get("weights_sha256"):
             raise BundleError(f"{w_path}: does not match the sha256 recorded in {CONFIG}; the bundle is damaged")
         try:

@@ -243,11 +243,15 @@ def train_cmd(
     from .bundle import BundleError, SteerSettings
     from .collect import CollectionError, open_collections
     from .pipeline import make_bundle
+    from .probe import POOLS
     from .train import TrainConfig, TrainError, plot_auroc
 
     try:
         if gate_data and not harm_gate:  # before any collection is read
             raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
+        if gate_pool not in POOLS:  # before any collection or model is read
+            raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
+        chosen_gate_layers = _parse_layers(gate_layers) if gate_layers else None
         col = open_collections(collections)
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
         lm = None
@@ -275,7 +279,7 @@ def train_cmd(
             route=route,
             gate_col=gate_col,
             gate_pool=gate_pool,
-            gate_layers=_parse_layers(gate_layers) if gate_layers else None,
+            gate_layers=chosen_gate_layers,
             lm=lm,
         )
         out = out or collections[0] / "bundle"

@@ -92,13 +92,30 @@ def gate_only_digest(col: Collection, gate_col: Collection | None) -> str | None
     return hashlib.sha256("\n".join(extra).encode()).hexdigest()[:16] if extra else None
 
 
-def _system_prompt(col: Collection) -> str | None:
+def system_prompt_of(col: Collection) -> str | None:
     """The system prompt the collections were made with (None: the model's default), one for all."""
     parts = getattr(col, "parts", None) or [col]
     prompts = {p.manifest.get("config", {}).get("system_prompt") for p in parts}
     if len(prompts) > 1:
         raise ValueError(f"the collections were made with different system prompts: {sorted(map(str, prompts))}")
     return prompts.pop()
+
+
+def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
+    """A gate that reads states through `lm` must read them as the collections' model did: same shape,
+    same name and the same chat format (template and system prompt)."""
+    diff = col.fingerprint.mismatches(lm.fingerprint)
+    if diff:
+        raise ValueError(f"the model given is not the collections' model: {'; '.join(diff)}")
+    if col.fingerprint.name and lm.fingerprint.name != col.fingerprint.name:
+        console.print(
+            f"[yellow]the collections were made with {col.fingerprint.name!r}; "
+            f"the gate reads {lm.fingerprint.name!r}[/]"
+        )
+    chat = lm.chat_texts(["<prompt>"], system_prompt_of(col))[0]
+    for part in getattr(col, "parts", None) or [col]:
+        if part.manifest.get("chat_format") not in (None, chat):
+            raise ValueError(f"{part.path}: made with another chat format (system prompt or template) than the model's")
 
 
 def make_bundle(
@@ -130,12 +147,11 @@ def make_bundle(
             raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
         if gate_pool != "last" and lm is None:
             raise ValueError(f"a {gate_pool!r} gate reads the prompts through the model: pass the loaded model")
-        if lm is not None:
-            diff = col.fingerprint.mismatches(lm.fingerprint)
-            if diff:
-                raise ValueError(f"the model given is not the collections' model: {'; '.join(diff)}")
-        if gate_layers is not None and (not gate_layers or min(gate_layers) < 0):
-            raise ValueError(f"gate layers must be a non-empty list of layer indices, got {list(gate_layers)}")
+        if gate_pool != "last":
+            assert lm is not None
+            _check_gate_model(gcol, lm)
+        if gate_layers is not None and (not gate_layers or min(gate_layers) < 0 or max(gate_layers) >= col.num_layers):
+            raise ValueError(f"gate layers must lie in 0..{col.num_layers - 1}, got {list(gate_layers)}")
     if harm_gate and gate_col is not None:  # checked before the energy models take minutes to train
         diff = col.fingerprint.mismatches(gcol.fingerprint)
         if diff:
@@ -151,11 +167,17 @@ def make_bundle(
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
         first = min(bundle.layers)
-        candidates = sorted(set(gate_layers)) if gate_layers is not None else list(range(first + 1))
-        if candidates[-1] > first:
+        asked = sorted(set(gate_layers)) if gate_layers is not None else list(range(first + 1))
+        candidates = [x for x in asked if x <= first]  # the gate decides before any steering
+        if not candidates:
             raise ValueError(
-                f"gate layers {[x for x in candidates if x > first]} come after the first steered layer ({first}): "
-                "the gate decides before any steering"
+                f"gate layers {asked} all come after the first steered layer ({first}): the gate decides "
+                "before any steering"
+            )
+        if len(candidates) < len(asked) and progress:
+            console.print(
+                f"[yellow]gate layers {asked[len(candidates) :]} come after the first steered layer "
+                f"({first}): left out[/]"
             )
         states = None
         if gate_pool != "last":
@@ -165,7 +187,7 @@ def make_bundle(
                 [r["prompt"] for r in gcol.records],
                 candidates,
                 gate_pool,
-                system_prompt=_system_prompt(gcol),
+                system_prompt=system_prompt_of(gcol),
                 progress=progress,
             )
         gate = train_probe(
@@ -254,6 +276,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     wanted = {
         "train": json.loads(json.dumps(asdict(tcfg))),
         "gate": gate,
+        "gate pool": "last" if cfg.harm_gate else None,  # `eds train --gate-pool` makes others
         "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
     }
@@ -263,6 +286,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         made = {
             "train": bundle.train_config,
             "gate": bundle.gate.width if bundle.gate is not None else None,
+            "gate pool": bundle.gate.pool if bundle.gate is not None else None,
             "gate-only prompts": (bundle.gate_metrics.get("data") or {}).get("gate_only"),
             "route": bool(bundle.refuse_models),
         }

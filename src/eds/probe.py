@@ -35,15 +35,34 @@ POOLS = ("last", "mean")
 
 
 def pool_states(hidden: Tensor, mask: Tensor | None, pool: str) -> Tensor:
-    """[B, T, H] states of a prompt (left-padded; `mask` [B, T], 1 = token, None = no padding) -> [B, H]."""
+    """[B, T, H] states of a prompt (left-padded; `mask` [B, T], 1 = token, None = no padding) -> [B, H].
+    The mean is summed in float32 without a float32 copy of the whole prompt."""
     if pool == "last":
         return hidden[:, -1, :]
     if pool != "mean":
         raise ValueError(f"unknown gate pooling {pool!r}; use one of {', '.join(POOLS)}")
     if mask is None:
-        return hidden.float().mean(1)
-    m = mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
-    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return hidden.sum(1, dtype=torch.float32) / hidden.shape[1]
+    m = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1, dtype=torch.float32) / m.sum(1, dtype=torch.float32).clamp_min(1.0)
+
+
+def padding_mask(mask: Any, start: int, t: int) -> Tensor | None:
+    """The [B, t] token mask (True = a real token) of a forward's t new positions, which sit at key
+    positions start..start+t-1 (after `start` cached ones; a static cache's keys run on past them), from
+    the attention mask the model's forward receives: 2-D (1 = token), or 4-D as static caches pass it
+    (bool: True = attended; float: 0 = attended), read from the last query row; a dict of such masks
+    (one per attention kind) is read by its full-attention entry. None where none can be read."""
+    if isinstance(mask, dict):
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if not isinstance(mask, Tensor):
+        return None
+    if mask.dim() == 2:
+        return mask[:, start : start + t].bool()
+    if mask.dim() == 4:
+        row = mask[:, 0, -1, start : start + t]
+        return row if row.dtype == torch.bool else row == 0
+    return None
 
 
 class HarmProbe(nn.Module):
@@ -156,9 +175,10 @@ def gate_states(
     while steering, so training and use see the same features."""
     from rich.progress import track
 
-    if not layers:
-        raise ValueError("no gate layers given")
-    last, seen, out = max(layers), {}, {layer: [] for layer in layers}
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 0 or layers[-1] >= len(lm.layers):
+        raise ValueError(f"gate layers must lie in 0..{len(lm.layers) - 1}, got {layers}")
+    last, seen, out = layers[-1], {}, {layer: [] for layer in layers}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -174,9 +194,12 @@ def gate_states(
         for i in track(starts, description="gate states", disable=not progress, total=len(starts)):
             enc = lm.encode(list(prompts[i : i + batch_size]), system_prompt)
             seen["mask"] = enc["attention_mask"]
+            # positions as `generate` numbers a left-padded row (from its first token), so models with
+            # absolute positions see the states they see while steering
+            positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)
             try:
                 with torch.inference_mode():
-                    lm.model(**enc)
+                    lm.model(**enc, position_ids=positions, use_cache=False)
             except _Stop:
                 pass
             for layer in layers:
@@ -195,7 +218,7 @@ def train_probe(
     width: int = GATE_WIDTH,
     config: TrainConfig | None = None,
     states: dict[int, Tensor] | None = None,
-    pool: str = "last",
+    pool: str | None = None,
 ) -> ProbeResult:
     """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
     that `harmful_recall` of the validation harmful prompts are caught (kept from steering).
@@ -205,11 +228,14 @@ def train_probe(
     cfg = config or TrainConfig()
     check_no_test(col.records, cfg)
     if states is not None:
+        if pool is None:  # the probe is labelled with it: say what the states are
+            raise ValueError("say how the given gate states were pooled (pool=...)")
         bad = [layer for layer in layers if layer not in states or len(states[layer]) != len(col.records)]
         if bad:
             raise ValueError(f"gate states missing or of the wrong length at layers {bad}")
-    elif pool != "last":
+    elif (pool or "last") != "last":
         raise ValueError(f"a {pool!r} gate needs its states (gate_states): collections keep the last prompt token")
+    pool = pool or "last"
     tr, va = split_rows(col.records, cfg)
     labels = torch.tensor([r["label"] == "harmful" for r in col.records])
     best: ProbeResult | None = None

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP, FrozenEnergy, FrozenHeads, mlp_backward, mlp_hidden
 from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
-from .probe import pool_states
+from .probe import padding_mask, pool_states
 
 
 def steer_states(
@@ -215,8 +215,8 @@ def steer(
             phase.gen_index = -1
             phase.stats.reset(batch, device)
             phase.allow = phase.select = None
-            mask = kwargs.get("attention_mask")  # over cache and prompt: the prompt's part is the last t
-            phase.mask = mask[:, -t:] if isinstance(mask, Tensor) and mask.dim() == 2 else None
+            # the prompt's tokens, padding excluded (a static cache hides its length: a prompt then starts it)
+            phase.mask = padding_mask(kwargs.get("attention_mask"), past or 0, t)
         else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
         j = phase.gen_index
@@ -266,7 +266,13 @@ def steer(
 
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
-            logit = probe(pool_states(layer_input(args, kwargs), phase.mask, probe.pool))
+            hidden = layer_input(args, kwargs)
+            if probe.pool != "last" and phase.mask is None and hidden.shape[0] > 1:
+                raise RuntimeError(
+                    "this bundle's gate pools the prompt, and the model was called without an attention mask "
+                    "it can read: a padded batch would be pooled with its padding (pass attention_mask)"
+                )
+            logit = probe(pool_states(hidden, phase.mask, probe.pool))
             phase.allow = logit <= gate_threshold
             if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
                 phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)
