@@ -215,6 +215,7 @@ def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_f
     assert res.exit_code == 0, res.output
     gate = json.loads((tmp_path / "b" / "bundle.json").read_text())["gate"]
     assert gate["pool"] == "mean" and gate["layer"] in (0, 1)
+    assert gate["metrics"]["states_read_by"]["dtype"] == "float32"
     assert "mean of the prompt" in res.output
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
     assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")

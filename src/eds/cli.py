@@ -262,6 +262,8 @@ def train_cmd(
                 lm = load_model(model or col.fingerprint.name, dtype=dtype, device=device)
             except ModelError as e:
                 _fail(str(e))
+        elif model or device:
+            err.print("[yellow]--model and --device serve --gate-pool mean only: ignored[/]")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,

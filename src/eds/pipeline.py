@@ -101,6 +101,11 @@ def system_prompt_of(col: Collection) -> str | None:
     return prompts.pop()
 
 
+def _reader(lm: LoadedModel) -> dict[str, str]:
+    param = next(lm.model.parameters())
+    return {"model": lm.fingerprint.name, "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device)}
+
+
 def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
     """A gate that reads states through `lm` must read them as the collections' model did: same shape,
     same name and the same chat format (template and system prompt)."""
@@ -210,6 +215,8 @@ def make_bundle(
                 "recall_target": gate_recall,
                 "by_recall": gate.by_recall,
                 "data": {**data_source(gcol), "gate_only": gate_only_digest(col, gcol)},
+                # what read a pooled gate's states (the collections' states say it for the last token)
+                **({"states_read_by": _reader(lm)} if states is not None and lm is not None else {}),
             },
         )
         if progress:
