@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -569,3 +571,16 @@ def test_gate_states_do_not_depend_on_left_padding(model_type):
     assert torch.allclose(batch, alone, atol=1e-5)
     with pytest.raises(ValueError, match="gate layers must lie in"):
         gate_states(lm, prompts, [len(lm.layers)], "mean", progress=False)
+
+
+def test_a_bundle_written_before_gate_pooling_loads_with_its_digest(tmp_path):
+    """tests/data/bundle-000186d was saved by eds at commit 000186d (a gate of width 8 on the last token);
+    its digest then is pinned here, so cached records made with such bundles stay valid."""
+    from pathlib import Path
+
+    old = EnergyBundle.load(Path(__file__).parent / "data" / "bundle-000186d")
+    assert old.gate.pool == "last" and old.gate.width == 8
+    assert old.digest() == "b3fd17eb84e7deb0a5ec311068f88a486699954088524af503f9363dc4d3ebee"
+    old.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "bundle.json").read_text())["format"] == "eds.bundle/1"
+    assert EnergyBundle.load(tmp_path / "again").digest() == old.digest()
