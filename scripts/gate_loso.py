@@ -79,6 +79,12 @@ def main() -> None:
         "| pool | layer | recall | left out | AUROC, unseen | benign passed | harmful flagged | false refusals passed |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    # each type's rows, and the training and threshold rows left when it is out: the same for every gate
+    left_out = {t: out for t in types if (out := torch.tensor([k == t for k in kind])).any()}
+    folds = {
+        t: (torch.tensor([i for i in tr_all if not out[i]]), torch.tensor([i for i in va_all if not out[i]]))
+        for t, out in left_out.items()
+    }
     for pool in pools:
         if pool == "mean":
             assert lm is not None
@@ -89,31 +95,24 @@ def main() -> None:
             x = feats[layer]
             logits: dict[str, torch.Tensor] = {}
             thresholds: dict[str, dict[float, float]] = {}
-            for t in types:
-                out = torch.tensor([k == t for k in kind])
-                if not out.any():
-                    continue
-                tr = torch.tensor([i for i in tr_all if not out[i]])
-                va = torch.tensor([i for i in va_all if not out[i]])
+            for t, (tr, va) in folds.items():
                 probe = fit_probe(x[tr], harmful[tr], width=args.width, pool=pool, seed=cfg.seed)
                 with torch.no_grad():
                     lo = probe(x)
                 logits[t] = lo
-                thresholds[t] = {
-                    r: threshold_for(lo[va], harmful[va], r)["threshold"] for r in args.recall or (0.9, 0.95)
-                }
+                thresholds[t] = {r: threshold_for(lo[va], harmful[va], r)["threshold"] for r in recalls}
             for label, group in (("contrast types", TYPES), ("tense questions", TENSE)):
                 done = [t for t in group if t in logits]
                 if not done:
                     continue
                 aucs = []
                 for t in done:
-                    out = torch.tensor([k == t for k in kind])
+                    out = left_out[t]
                     aucs.append(float(auroc(logits[t][out], harmful[out])))
                 for r in recalls:
                     n = {"b": [0, 0], "h": [0, 0], "fr": [0, 0]}
                     for t in done:
-                        out = torch.tensor([k == t for k in kind])
+                        out = left_out[t]
                         flag = logits[t] > thresholds[t][r]
                         for key, rows, want in (
                             ("b", out & ~harmful, False),

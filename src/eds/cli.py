@@ -256,12 +256,9 @@ def train_cmd(
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
         lm = None
         if harm_gate and gate_pool != "last":  # the gate reads states the collections do not keep
-            from .models import ModelError, load_model
+            from .models import load_model
 
-            try:
-                lm = load_model(model or col.fingerprint.name, dtype=dtype, device=device)
-            except ModelError as e:
-                _fail(str(e))
+            lm = load_model(model or col.fingerprint.name, dtype=dtype, device=device)
         elif model or device:
             err.print("[yellow]--model and --device serve --gate-pool mean only: ignored[/]")
         cfg = TrainConfig(
@@ -286,7 +283,7 @@ def train_cmd(
         )
         out = out or collections[0] / "bundle"
         bundle.save(out)
-    except (CollectionError, TrainError, BundleError, ValueError) as e:
+    except (CollectionError, TrainError, BundleError, ModelError, ValueError) as e:
         _fail(str(e))
     table = Table("layer", "val AUROC", "train AUROC", "threshold", "steps", "s")
     for r in res.results:

@@ -107,16 +107,9 @@ def _reader(lm: LoadedModel) -> dict[str, str]:
 
 
 def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
-    """A gate that reads states through `lm` must read them as the collections' model did: same shape,
-    same name and the same chat format (template and system prompt)."""
-    diff = col.fingerprint.mismatches(lm.fingerprint)
-    if diff:
-        raise ValueError(f"the model given is not the collections' model: {'; '.join(diff)}")
-    if col.fingerprint.name and lm.fingerprint.name != col.fingerprint.name:
-        console.print(
-            f"[yellow]the collections were made with {col.fingerprint.name!r}; "
-            f"the gate reads {lm.fingerprint.name!r}[/]"
-        )
+    """A gate that reads states through `lm` must read them as the collections' model did: same shape
+    (a warning for another name) and the same chat format (template and system prompt)."""
+    col.fingerprint.check(lm.fingerprint, "collection")
     chat = lm.chat_texts(["<prompt>"], system_prompt_of(col))[0]
     for part in getattr(col, "parts", None) or [col]:
         if part.manifest.get("chat_format") not in (None, chat):
@@ -150,24 +143,23 @@ def make_bundle(
     if harm_gate:  # checked before the energy models take minutes to train
         if gate_pool not in POOLS:
             raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
-        if gate_pool != "last" and lm is None:
-            raise ValueError(f"a {gate_pool!r} gate reads the prompts through the model: pass the loaded model")
         if gate_pool != "last":
-            assert lm is not None
+            if lm is None:
+                raise ValueError(f"a {gate_pool!r} gate reads the prompts through the model: pass the loaded model")
             _check_gate_model(gcol, lm)
         if gate_layers is not None and (not gate_layers or min(gate_layers) < 0 or max(gate_layers) >= col.num_layers):
             raise ValueError(f"gate layers must lie in 0..{col.num_layers - 1}, got {list(gate_layers)}")
-    if harm_gate and gate_col is not None:  # checked before the energy models take minutes to train
-        diff = col.fingerprint.mismatches(gcol.fingerprint)
-        if diff:
-            raise ValueError(f"the gate's collections come from another model: {'; '.join(diff)}")
-        missing = {r["key"] for r in col.records} - {r["key"] for r in gcol.records}
-        if missing:
-            raise ValueError(
-                f"the gate's collections must hold the energy models' prompts too ({len(missing)} missing, "
-                f"e.g. {min(missing)}): pass the training collections and the gate's own, read as one"
-            )
-        check_no_test(gcol.records, train_cfg, what="the gate's data (--gate-data)")
+        if gate_col is not None:
+            diff = col.fingerprint.mismatches(gcol.fingerprint)
+            if diff:
+                raise ValueError(f"the gate's collections come from another model: {'; '.join(diff)}")
+            missing = {r["key"] for r in col.records} - {r["key"] for r in gcol.records}
+            if missing:
+                raise ValueError(
+                    f"the gate's collections must hold the energy models' prompts too ({len(missing)} missing, "
+                    f"e.g. {min(missing)}): pass the training collections and the gate's own, read as one"
+                )
+            check_no_test(gcol.records, train_cfg, what="the gate's data (--gate-data)")
     res = train(col, train_cfg, progress=progress)
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
