@@ -4,7 +4,9 @@ from dataclasses import replace
 import pytest
 
 from eds import pipeline
+from eds.collect import Collection
 from eds.pipeline import RunConfig, run
+from eds.train import labels_digest
 
 
 def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
@@ -54,3 +56,14 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(replace(cfg, gate_data=()), lm=tiny)
+    # ... and so is a bundle whose collection was relabelled (`eds rejudge`) since it was trained
+    monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
+    run(cfg, lm=tiny)  # the gate-data run above raised before saving: the bundle on disk is still current
+    path = tmp_path / "run" / "bundle" / "bundle.json"
+    saved = json.loads(path.read_text())
+    assert saved["data_summary"]["labels"] == labels_digest(Collection.open(tmp_path / "run" / "collect").records)
+    saved["data_summary"]["labels"] = "0" * 16
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(pipeline, "make_bundle", retrain)
+    with pytest.raises(Retrained):
+        run(cfg, lm=tiny)

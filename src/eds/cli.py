@@ -131,6 +131,38 @@ def judge_eval(
     console.print(table)
 
 
+@app.command()
+def rejudge(
+    paths: Annotated[list[Path], typer.Argument(help="collection folders, records files, or folders holding them")],
+    judge: Annotated[str | None, typer.Option(help="judge to apply (default: the one each file names)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="count the verdicts that would change; write nothing")] = False,
+    show: Annotated[int, typer.Option(help="print this many changed replies per file")] = 0,
+) -> None:
+    """Judge stored replies again (after a judge fix): relabel collections and eval/tune records in place,
+    without generating anything. Hidden states and replies are kept; labels and the judge's digest change."""
+    from .rejudge import RejudgeError
+    from .rejudge import rejudge as run_rejudge
+
+    try:
+        results = run_rejudge(paths, judge, dry_run=dry_run)
+    except (RejudgeError, ValueError) as e:
+        _fail(str(e))
+    table = Table("file", "kind", "rows", "now refused", "now answered", "judge", "written")
+    for r in results:
+        written = "dry run" if dry_run else ("yes" if r.written else "unchanged")
+        table.add_row(str(r.path), r.kind, str(r.rows), str(r.to_refused), str(r.to_answered), r.judge, written)
+        for c in r.changed[:show]:
+            verdict = "[red]refused[/]" if c["refused"] else "[green]answered[/]"
+            err.print(f"{r.path.name} {c['key']} ({c['label']}) now {verdict}: {c['response'][:140]!r}")
+    console.print(table)
+    if any(r.written for r in results):
+        console.print(
+            "Summaries made from these files are stale: run the same `eds eval` / `eds tune` again (it reads the "
+            "records and generates nothing new); bundles trained on a relabelled collection are retrained by "
+            "`eds run` and should be by `eds train`."
+        )
+
+
 def _counts_table(records: list[dict]) -> Table:
     from .collect import label_counts
 

@@ -207,6 +207,8 @@ class Collection:
             raise CollectionError(f"{mf}: unreadable ({e})") from None
         if manifest.get("format") != FORMAT:
             raise CollectionError(f"{mf}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if "rejudge_pending" in manifest:
+            raise CollectionError(f"{path}: an `eds rejudge` was interrupted here; run `eds rejudge {path}` again")
         records: list[dict[str, Any]] = []
         for shard in manifest["shards"]:
             if not re.fullmatch(r"shard-\d{5}", str(shard.get("name"))):
@@ -493,7 +495,7 @@ def _collect_locked(
     if manifest.get("judge_digest") not in (None, digest):
         raise CollectionError(
             f"{out} was judged with another version of the {judge_name!r} judge (its phrases differ); "
-            "use another output folder, or --overwrite to start again"
+            f"`eds rejudge {out}` relabels its stored replies with this one (no generation)"
         )
     if manifest["judge"] is None or "judge_digest" in manifest:  # never vouch for rows labelled before hashing
         manifest["judge_digest"] = digest

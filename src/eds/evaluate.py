@@ -93,14 +93,18 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     current = json.loads(json.dumps(settings, default=str))
     if side.exists():
         before = json.loads(side.read_text())
+        if before.get("rejudge_pending"):
+            raise EvalError(f"{path}: an `eds rejudge` was interrupted here; run `eds rejudge {path}` again")
         if "judge_digest" not in before:  # records from before judges were hashed: the name is all there is
             current.pop("judge_digest", None)
         if before != current:
             diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
-            raise EvalError(
-                f"{path} holds records made with other settings ({', '.join(diff)} differ); "
-                "use another records file or delete it"
+            hint = (
+                f"`eds rejudge {path}` relabels its stored replies with the current judge (no generation)"
+                if set(diff) <= {"judge", "judge_digest"}
+                else "use another records file or delete it"
             )
+            raise EvalError(f"{path} holds records made with other settings ({', '.join(diff)} differ); {hint}")
     elif not path.exists() or path.stat().st_size == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(side, json.dumps(current, indent=1))

@@ -20,7 +20,16 @@ from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .probe import GATE_WIDTH, POOLS, gate_states, train_probe
 from .report import make_console
-from .train import TrainConfig, TrainError, TrainResult, check_no_test, data_source, plot_auroc, train
+from .train import (
+    TrainConfig,
+    TrainError,
+    TrainResult,
+    check_no_test,
+    data_source,
+    labels_digest,
+    plot_auroc,
+    train,
+)
 
 console = make_console()
 
@@ -278,6 +287,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         "gate pool": "last" if cfg.harm_gate else None,  # `eds train --gate-pool` makes others
         "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
+        "labels": labels_digest(col.records),  # `eds rejudge` may have moved labels since
     }
     try:
         bundle = EnergyBundle.load(bundle_dir)
@@ -288,6 +298,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             "gate pool": bundle.gate.pool if bundle.gate is not None else None,
             "gate-only prompts": (bundle.gate_metrics.get("data") or {}).get("gate_only"),
             "route": bool(bundle.refuse_models),
+            "labels": bundle.data_summary.get("labels"),
         }
         if made != wanted:
             raise BundleError(f"made with other settings ({', '.join(k for k in wanted if made[k] != wanted[k])})")

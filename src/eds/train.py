@@ -3,6 +3,7 @@ prompts (AUROC of -E for good vs bad), calibrate its energy threshold, and keep 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter
@@ -175,11 +176,19 @@ def train_layer(
 
 
 def data_source(col: Collection) -> dict[str, Any]:
-    """Which collection(s) a model learned from and their label counts, for a bundle's JSON."""
+    """Which collection(s) a model learned from, their label counts and a digest of the labels (so a
+    bundle trained before `eds rejudge` moved a label is known to be stale), for a bundle's JSON."""
     return {
         "collection": col.manifest.get("union") or str(col.path),
         "counts": {ctx: dict(c) for ctx, c in col.counts().items()},
+        "labels": labels_digest(col.records),
     }
+
+
+def labels_digest(records: Sequence[dict[str, Any]]) -> str:
+    """A short hash of every row's key and outcome: equal iff the same prompts carry the same labels."""
+    lines = sorted(f"{r['key']}\t{r['outcome']}" for r in records)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def check_no_test(records: Sequence[dict[str, Any]], cfg: TrainConfig, what: str = "the collection") -> None:
