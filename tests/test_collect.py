@@ -213,6 +213,15 @@ def test_resume_refuses_other_settings_or_model(tmp_path, tiny):
         collect(tiny, tmp_path / "other", CollectConfig(data=data, max_new_tokens=3, gen_tokens=1))
 
 
+def test_resume_refuses_the_model_in_another_dtype(tmp_path, tiny):
+    cfg = CollectConfig(data=(str(prompt_file(tmp_path)),), max_new_tokens=3, gen_tokens=1, limit=4)
+    col = collect(tiny, tmp_path / "run", cfg, judge=KeywordJudge(), progress=False)
+    assert col.manifest["model_dtype"] == "float32"
+    half = tiny_model("qwen2", dtype=torch.bfloat16)
+    with pytest.raises(CollectionError, match="model in float32, not bfloat16"):
+        collect(half, tmp_path / "run", cfg, judge=KeywordJudge(), progress=False)
+
+
 def test_bad_inputs(tmp_path, tiny):
     unlabelled = tmp_path / "u.jsonl"
     unlabelled.write_text('{"prompt": "hello"}\n')

@@ -1,10 +1,12 @@
 import json
 
 import pytest
+import torch
 
 from eds.evaluate import EvalError, evaluate_refusals, summarise
 from eds.metrics import repeats_ngram
 from eds.testing import random_bundle as make_bundle
+from eds.testing import tiny_model
 
 
 def test_summarise_and_repetition():
@@ -30,6 +32,12 @@ def test_records_resume_only_under_the_same_settings(tmp_path, tiny):
         evaluate_refusals(tiny, ["advbench:val:3"], max_new_tokens=4, records_path=path, progress=False)
     with pytest.raises(EvalError, match="bundle"):
         evaluate_refusals(tiny, ["advbench:val:3"], bundle=make_bundle(tiny), **kw)
+    with pytest.raises(EvalError, match="dtype"):
+        evaluate_refusals(tiny_model("qwen2", dtype=torch.bfloat16), ["advbench:val:3"], **kw)
+    # records from before the dtype was recorded resume under any
+    side = path.with_name(path.name + ".settings.json")
+    side.write_text(json.dumps({k: v for k, v in json.loads(side.read_text()).items() if k != "dtype"}))
+    assert len(evaluate_refusals(tiny, ["advbench:val:3"], **kw).records) == 3
 
 
 def test_records_notice_a_judge_whose_phrases_changed_under_the_same_name(tmp_path, tiny):

@@ -85,7 +85,7 @@ def test_encode_passes_only_ids_and_mask_so_generate_accepts_any_tokenizer(tiny,
     tiny.model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id)
 
 
-def test_load_model_from_local_folder(tmp_path, tiny):
+def test_load_model_from_local_folder(tmp_path, tiny, monkeypatch):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     lm = models.load_model(str(tmp_path), dtype="float32", device="cpu")
@@ -95,6 +95,28 @@ def test_load_model_from_local_folder(tmp_path, tiny):
         models.load_model(str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="unknown dtype"):
         models.load_model(str(tmp_path), dtype="float8")
+    # the default dtype follows what the CPU computes natively
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        lm = models.load_model(str(tmp_path), device="cpu")
+        assert next(lm.model.parameters()).dtype == expected and lm.dtype_name == str(expected)[6:]
+
+
+AVX2_EPYC = "flags\t\t: fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 avx512f avx512bw avx512vl sha_ni\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        (AVX2_EPYC, False),  # avx512 without its bf16 extension: torch emulates bf16
+        (AVX2_EPYC.replace("sha_ni", "avx512_bf16 sha_ni"), True),  # Zen 4, Cooper Lake
+        (AVX2_EPYC.replace("sha_ni", "amx_bf16 amx_tile"), True),  # Sapphire Rapids
+        ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics bf16 i8mm\n", True),  # arm64 (Graviton 3)
+        ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n", False),
+    ],
+)
+def test_native_bf16_is_read_off_the_cpu_flags(cpuinfo, native):
+    assert models.cpu_has_native_bf16(cpuinfo) is native
 
 
 def test_chunks_are_joined_in_numeric_order():

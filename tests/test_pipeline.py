@@ -62,8 +62,18 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     path = tmp_path / "run" / "bundle" / "bundle.json"
     saved = json.loads(path.read_text())
     assert saved["data_summary"]["labels"] == labels_digest(Collection.open(tmp_path / "run" / "collect").records)
-    saved["data_summary"]["labels"] = "0" * 16
+    saved["data_summary"]["labels"] = "0" * 16  # labels that moved
     path.write_text(json.dumps(saved))
+    monkeypatch.setattr(pipeline, "make_bundle", retrain)
+    with pytest.raises(Retrained):
+        run(cfg, lm=tiny)
+    # a bundle from before labels were hashed is reused, unless its collection has been relabelled since
+    del saved["data_summary"]["labels"]
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
+    run(cfg, lm=tiny)
+    manifest = tmp_path / "run" / "collect" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "rejudged": [{}]}))
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(cfg, lm=tiny)

@@ -1,7 +1,9 @@
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 from test_collect import KeywordJudge, prompt_file
 from typer.testing import CliRunner
 
@@ -48,7 +50,7 @@ def test_a_collection_is_relabelled_in_place_and_resumes_under_the_new_judge(tmp
     for r in again.records:
         assert r["refused"] == any(w in r["prompt"] for w in ("bomb", "steal"))
         assert r["outcome"] == outcome(r["label"], r["refused"])
-    assert again.good().tolist() == [r["outcome"] == "good" for r in again.records]
+    assert _good_tensors(again) == [r["outcome"] == "good" for r in again.records]
     assert (again.states(1) == states).all()  # hidden states untouched
     assert [r["response"] for r in again.records] == [r["response"] for r in col.records]
     assert again.manifest["judge_digest"] == fixed.digest()
@@ -68,33 +70,67 @@ def test_a_collection_is_relabelled_in_place_and_resumes_under_the_new_judge(tmp
     assert not rejudge_collection(col.path, fixed).written
 
 
+def _good_tensors(col):
+    """The `good` tensors as stored in the shards (Collection.good() reads the records)."""
+    return [
+        bool(g) for s in col.manifest["shards"] for g in load_file(str(col.path / f"{s['name']}.safetensors"))["good"]
+    ]
+
+
 def test_an_interrupted_rejudge_is_refused_by_readers_then_finished_by_running_it_again(tmp_path, tiny, monkeypatch):
     _, col = _collected(tmp_path, tiny)
-    real_replace, calls = rejudge_mod.os.replace, []
+    fixed = Words("bomb", "steal", "kill")  # 6 benign and harmful rows move, over more than one shard
+    real_replace, swapped = rejudge_mod.os.replace, []
 
-    def crash_after_three(src, dst):
-        calls.append(dst)
-        if len(calls) > 3:  # the first shard's two files and half of the second's are swapped
+    def killed_mid_shard(src, dst):
+        if str(dst).endswith(".jsonl"):  # a shard's tensors are swapped, its records not yet
             raise KeyboardInterrupt("killed")
+        swapped.append(dst)
         real_replace(src, dst)
 
-    monkeypatch.setattr(rejudge_mod.os, "replace", crash_after_three)
+    monkeypatch.setattr(rejudge_mod.os, "replace", killed_mid_shard)
     with pytest.raises(KeyboardInterrupt):
-        rejudge_collection(col.path, Words("bomb", "steal"))
+        rejudge_collection(col.path, fixed)
     monkeypatch.setattr(rejudge_mod.os, "replace", real_replace)
+    assert [p.suffix for p in swapped] == [".json", ".safetensors"]  # the mark, then half a shard
     with pytest.raises(CollectionError, match="interrupted"):
         Collection.open(col.path)
-    res = rejudge_collection(col.path, Words("bomb", "steal"))
-    assert res.written  # rows of the shards swapped before the crash are already relabelled
+    stale = col.path / ".shard-00000.jsonl.tmp-99999"  # left by a killed process of another pid
+    stale.write_text("x")
+    # it is finished with the judge it began with, not another
+    with pytest.raises(RejudgeError, match="finish it first"):
+        rejudge_collection(col.path, Words("bomb"))
+    res = rejudge_collection(col.path, fixed)
+    assert res.written and len(res.changed) == 6  # the half-swapped shard's records still held old verdicts
     done = Collection.open(col.path, verify=True)
-    assert sum(r["refused"] for r in done.records) == 6
-    assert done.good().tolist() == [r["outcome"] == "good" for r in done.records]
+    assert sum(r["refused"] for r in done.records) == 10
+    assert _good_tensors(done) == [r["outcome"] == "good" for r in done.records]
     assert not list(col.path.glob(".*.tmp-*"))
+    assert (done.manifest["rejudged"][-1]["to_refused"], done.manifest["rejudged"][-1]["to_answered"]) == (6, 0)
     # a shard damaged otherwise is not rewritten
     shard = col.path / "shard-00000.jsonl"
     shard.write_text(shard.read_text().replace("steal", "steel"))
     with pytest.raises(RejudgeError, match="sha256"):
         rejudge_collection(col.path, Words("bomb"))
+
+
+def test_a_rejudge_between_reading_records_and_manifest_is_noticed(tmp_path, tiny, monkeypatch):
+    _, col = _collected(tmp_path, tiny)
+    real, reads = Path.read_text, []
+
+    def read_text(self, *a, **k):
+        text = real(self, *a, **k)
+        if self.name == "manifest.json":
+            reads.append(self)
+            if len(reads) == 2:  # the check after the shards were read sees a rejudge's commit
+                m = json.loads(text)
+                m["shards"][0]["records_sha256"] = "0" * 64
+                return json.dumps(m)
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(CollectionError, match="changed while it was read"):
+        Collection.open(col.path)
 
 
 def test_records_are_relabelled_and_read_back_without_generating(tmp_path, tiny, monkeypatch):
@@ -119,25 +155,48 @@ def test_records_are_relabelled_and_read_back_without_generating(tmp_path, tiny,
     # the default judge is the one the file names; a custom judge has to be passed in
     with pytest.raises(RejudgeError, match="not a built-in judge"):
         rejudge_records(path)
-    # interrupted between the settings' mark and the records: evaluation refuses, a rerun finishes
+    # killed after the records were rewritten, before the settings named the new judge: evaluation
+    # refuses them, and a rerun (with the judge it began with) finishes
     side = path.with_name(path.name + ".settings.json")
-    side.write_text(json.dumps({**settings, "rejudge_pending": True}))
+    fixed2 = Words("bomb", "steal", "kill")
+    real_replace = rejudge_mod.os.replace
+
+    def killed_before_settings(src, dst):
+        real_replace(src, dst)
+        if str(dst) == str(path):
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(rejudge_mod.os, "replace", killed_before_settings)
+    with pytest.raises(KeyboardInterrupt):
+        rejudge_records(path, fixed2)
+    monkeypatch.setattr(rejudge_mod.os, "replace", real_replace)
     with pytest.raises(EvalError, match="interrupted"):
-        evaluate_refusals(tiny, [prompts], judge=fixed, **kw)
-    assert rejudge_records(path, fixed).written
-    assert json.loads(side.read_text()) == settings
+        evaluate_refusals(tiny, [prompts], judge=fixed2, **kw)
+    with pytest.raises(RejudgeError, match="finish it first"):
+        rejudge_records(path, fixed)
+    assert rejudge_records(path, fixed2).written
+    assert json.loads(side.read_text()) == {**settings, "judge_digest": fixed2.digest()}
+    assert sum(r["refused"] for r in evaluate_refusals(tiny, [prompts], judge=fixed2, **kw).records) == 10
 
 
 def test_folders_are_searched_and_the_cli_reports_what_moved(tmp_path, tiny):
     _, col = _collected(tmp_path, tiny)
     recs = tmp_path / "eval" / "r.jsonl"
     evaluate_refusals(tiny, [str(prompt_file(tmp_path))], max_new_tokens=3, records_path=recs, progress=False)
-    unjudged = tmp_path / "eval" / "humaneval.jsonl"
+    # MMLU's and HumanEval's records name a scoring rule where refusal records name a judge
+    scored = tmp_path / "eval" / "mmlu-base.jsonl"
+    scored.write_text(json.dumps({"key": "q1", "response": "B", "correct": True}) + "\n")
+    scored.with_name(scored.name + ".settings.json").write_text(
+        json.dumps({"judge": "mmlu-zero-shot-letter-logprob/1"})
+    )
+    unjudged = tmp_path / "eval" / "other.jsonl"
     unjudged.write_text("")
     unjudged.with_name(unjudged.name + ".settings.json").write_text(json.dumps({"model": "x"}))
     assert find_judged([tmp_path]) == [("collection", col.path), ("records", recs)]
     with pytest.raises(RejudgeError, match="name no judge"):
         rejudge([unjudged])
+    with pytest.raises(RejudgeError, match="not refusal records"):
+        rejudge([scored])
     (tmp_path / "empty").mkdir()
     with pytest.raises(RejudgeError, match="nothing judged"):
         find_judged([tmp_path / "empty"])
@@ -147,8 +206,12 @@ def test_folders_are_searched_and_the_cli_reports_what_moved(tmp_path, tiny):
     out = CliRunner().invoke(app, ["rejudge", str(recs), "--dry-run"])
     assert out.exit_code == 0, out.output
     assert "records" in out.output and "dry" in out.output
+    # the collection cannot be judged by name: nothing is written, the records file included
+    recs.write_text(recs.read_text().replace('"refused": false', '"refused": true', 1))
+    before = recs.read_text()
     out = CliRunner().invoke(app, ["rejudge", str(tmp_path)])
     assert out.exit_code == 2 and "not a built-in judge" in out.output.replace("\n", "")
+    assert recs.read_text() == before
     out = CliRunner().invoke(app, ["rejudge", str(col.path), "--judge", "jbb"])
     assert out.exit_code == 0, out.output
     relabelled = Collection.open(col.path, verify=True)

@@ -23,7 +23,13 @@ console = make_console()
 err = make_console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="built-in name, local folder or hub id")]
-DtypeOpt = Annotated[str, typer.Option(help="bfloat16 (default; fastest on CPU), float16, float32, auto")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="default (bfloat16 where the device computes it natively: CUDA, CPUs with AVX512-BF16 or AMX; "
+        "else float32), bfloat16, float16, float32, auto (the checkpoint's)"
+    ),
+]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")]
 LayersAttrOpt = Annotated[str | None, typer.Option(help="attribute path of the decoder layers, if not found")]
 
@@ -157,9 +163,10 @@ def rejudge(
     console.print(table)
     if any(r.written for r in results):
         console.print(
-            "Summaries made from these files are stale: run the same `eds eval` / `eds tune` again (it reads the "
-            "records and generates nothing new); bundles trained on a relabelled collection are retrained by "
-            "`eds run` and should be by `eds train`."
+            "Summaries made from these files are stale. `eds eval` run again with the same settings reads its "
+            "records back and generates nothing; `eds tune` does so for the bundle as it was before the tune "
+            "saved into it (records are named by the bundle's digest). Bundles trained on a relabelled "
+            "collection are stale too: `eds run` retrains them; run `eds train` again for your own."
         )
 
 
@@ -196,7 +203,7 @@ def collect(
     batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 16,
     system_prompt: Annotated[str | None, typer.Option(help="system message (default: template's)")] = None,
     judge: Annotated[str, typer.Option(help="refusal judge: substring, jbb")] = "substring",
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
     layers_attr: LayersAttrOpt = None,
     overwrite: Annotated[bool, typer.Option(help="discard what is in --out and start again")] = False,
@@ -265,7 +272,7 @@ def train_cmd(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="for --gate-pool mean: the collections' model (default: theirs)")
     ] = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
     allow_test: Annotated[
         bool, typer.Option(help="train on test-split prompts too (results on those sets are then not held out)")
@@ -376,7 +383,7 @@ def generate(
     steps: StepsOpt = None,
     mode: ModeOpt = None,
     system_prompt: Annotated[str | None, typer.Option()] = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
 ) -> None:
     """Reply to prompts, steered by an energy bundle (and unsteered, side by side)."""
@@ -402,7 +409,7 @@ def chat(
     steps: StepsOpt = None,
     mode: ModeOpt = None,
     system_prompt: Annotated[str | None, typer.Option()] = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
 ) -> None:
     """Multi-turn chat in the terminal, streaming, steered if a bundle is given. /reset, /quit."""
@@ -466,7 +473,7 @@ def eval_cmd(
     steps: StepsOpt = None,
     mode: ModeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
 ) -> None:
     """Evaluate a model, plain and steered: refusal benchmarks, jailbreaks, capability; JSON + Markdown report."""
@@ -558,7 +565,7 @@ def tune_cmd(
     margin: Annotated[float, typer.Option(help="harmful refusal may fall by at most this per val source")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option()] = 40,
     save: Annotated[bool, typer.Option(help="write the chosen settings into the bundle")] = True,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "default",
     device: DeviceOpt = None,
 ) -> None:
     """Choose η, steps, mode, layers and gate threshold on validation splits: most benign compliance, safety first."""

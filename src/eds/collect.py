@@ -224,6 +224,11 @@ class Collection:
             if len(rows) != shard["rows"]:
                 raise CollectionError(f"{shard['name']}.jsonl: {len(rows)} rows, manifest says {shard['rows']}")
             records.extend(rows)
+        # an `eds rejudge` that began while the shards were read would mix old and new labels; a collect that
+        # appended shards meanwhile changes nothing already read
+        now = json.loads(mf.read_text())
+        if "rejudge_pending" in now or now["shards"][: len(manifest["shards"])] != manifest["shards"]:
+            raise CollectionError(f"{path} changed while it was read (an `eds rejudge`?); open it again")
         return cls(path=path, manifest=manifest, records=records)
 
     @property
@@ -257,7 +262,9 @@ class Collection:
         return self._cat("gen_valid")
 
     def good(self) -> torch.Tensor:
-        return self._cat("good")
+        """[n] bool, from the records read at open: the labels and the outcomes they were read with agree,
+        whatever `eds rejudge` writes later (the shards' `good` tensors say the same for other readers)."""
+        return torch.tensor([r["outcome"] == "good" for r in self.records], dtype=torch.bool)
 
     def counts(self) -> dict[str, Counter]:
         """Outcome counts per context (benign / harmful)."""
@@ -399,6 +406,8 @@ def _open_or_create(
             problems.append(
                 f"made with model {was!r}, not {lm.fingerprint.name!r}" + (f" ({'; '.join(bad)})" if bad else "")
             )
+        if manifest.get("model_dtype", lm.dtype_name) != lm.dtype_name:  # collections from before: not recorded
+            problems.append(f"made with the model in {manifest['model_dtype']}, not {lm.dtype_name} (--dtype)")
         if manifest.get("chat_format") != lm.chat_texts(["<prompt>"], cfg.system_prompt)[0]:
             problems.append("the chat format differs (another system prompt or chat template)")
         if not problems and manifest["plan"] != plan:
@@ -421,6 +430,7 @@ def _open_or_create(
         "config": cfg.identity(),
         "fingerprint": lm.fingerprint.to_dict(),
         "chat_format": example,
+        "model_dtype": lm.dtype_name,
         "positions": ["last_prompt_token"] + [f"gen_{j}" for j in range(cfg.gen_tokens)],
         "judge": None,
         "plan": plan,

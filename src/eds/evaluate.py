@@ -74,6 +74,7 @@ def eval_settings(
         steer["layers"] = sorted(given.get("layers", bundle.layers))
     return {
         "model": lm.fingerprint.to_dict(),
+        "dtype": lm.dtype_name,
         "chat_format": lm.chat_texts(["<prompt>"])[0],
         "bundle": bundle.digest() if bundle is not None else None,
         "steer": steer,
@@ -97,6 +98,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
             raise EvalError(f"{path}: an `eds rejudge` was interrupted here; run `eds rejudge {path}` again")
         if "judge_digest" not in before:  # records from before judges were hashed: the name is all there is
             current.pop("judge_digest", None)
+        if "dtype" not in before:  # records from before the dtype was recorded (bf16 was then the default)
+            current.pop("dtype", None)
         if before != current:
             diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
             hint = (

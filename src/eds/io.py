@@ -50,21 +50,23 @@ def versions() -> dict[str, str]:
     return {"eds": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def read_records(path: str | Path, key: str = "key") -> dict[str, dict[str, Any]]:
-    """Records of a resumable JSONL file by `key`, the last one winning. A line cut by a crash is
-    skipped, so that item is simply done again: nothing is lost or counted twice."""
-    done: dict[str, dict[str, Any]] = {}
+def resumable_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a resumable JSONL file in order, a line cut by a crash skipped (none if no file)."""
     path = Path(path)
     if path.exists():
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     try:
-                        r = json.loads(line)
+                        yield json.loads(line)
                     except json.JSONDecodeError:
                         continue
-                    done[r[key]] = r
-    return done
+
+
+def read_records(path: str | Path, key: str = "key") -> dict[str, dict[str, Any]]:
+    """Records of a resumable JSONL file by `key`, the last one winning. A line cut by a crash is
+    skipped, so that item is simply done again: nothing is lost or counted twice."""
+    return {r[key]: r for r in resumable_rows(path)}
 
 
 @contextmanager

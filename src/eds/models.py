@@ -437,6 +437,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype ('bfloat16', 'float32'): replies differ slightly between dtypes, so what was
+        made in one is not resumed in another."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
     def chat_texts(self, prompts: list[str], system_prompt: str | None = None) -> list[str]:
         """Render each prompt as one user turn with the chat template (generation prompt added).
 
@@ -478,7 +484,27 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or 'auto'") from None
+        raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}, 'default' or 'auto'") from None
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 matmuls natively: x86 AVX512-BF16 or AMX, arm64's BF16 extension
+    (read from /proc/cpuinfo; elsewhere unknown, so no). Without them torch emulates bf16, which made a
+    0.5B model's matmuls about 30x slower than float32 on an AVX2-only AMD EPYC (docs/results.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", cpuinfo) is not None
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 where the device computes it natively (it halves memory and, there, is 2-3x faster than
+    float32 on CPU), float32 elsewhere: emulated bf16 is far slower than float32."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
 def resolve_device(device: str | None) -> str:
@@ -490,7 +516,7 @@ def resolve_device(device: str | None) -> str:
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
-    dtype: str | torch.dtype = "bfloat16",
+    dtype: str | torch.dtype | None = None,
     device: str | None = None,
     system_prompt: str | None = None,
     layers_attr: str | None = None,
@@ -498,7 +524,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a built-in model (fetched and converted on first use), a local folder or a hub id.
 
-    bf16 is the default: on CPU it is 2-3x faster than fp32 and it is the models' native dtype."""
+    `dtype` None: bf16 where the device computes it natively (the models' own dtype; on such CPUs 2-3x
+    faster than float32), else float32 (`default_dtype`). Artifacts record the dtype they were made in."""
     from huggingface_hub.errors import HFValidationError  # transformers >= 4.56 needs a hub that has it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -507,11 +534,10 @@ def load_model(
     else:
         source = name_or_path
     dev = resolve_device(device)
+    torch_dtype = default_dtype(dev) if dtype in (None, "default") else resolve_dtype(dtype)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, HFValidationError) as e:  # older huggingface_hub calls a missing folder a bad repo id
         raise ModelError(
             f"cannot load {name_or_path!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), "

@@ -101,6 +101,10 @@ def gate_only_digest(col: Collection, gate_col: Collection | None) -> str | None
     return hashlib.sha256("\n".join(extra).encode()).hexdigest()[:16] if extra else None
 
 
+def _rejudged(col: Collection) -> bool:
+    return any("rejudged" in part.manifest for part in getattr(col, "parts", None) or [col])
+
+
 def system_prompt_of(col: Collection) -> str | None:
     """The system prompt the collections were made with (None: the model's default), one for all."""
     parts = getattr(col, "parts", None) or [col]
@@ -111,8 +115,7 @@ def system_prompt_of(col: Collection) -> str | None:
 
 
 def _reader(lm: LoadedModel) -> dict[str, str]:
-    param = next(lm.model.parameters())
-    return {"model": lm.fingerprint.name, "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device)}
+    return {"model": lm.fingerprint.name, "dtype": lm.dtype_name, "device": str(lm.device)}
 
 
 def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
@@ -298,7 +301,8 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             "gate pool": bundle.gate.pool if bundle.gate is not None else None,
             "gate-only prompts": (bundle.gate_metrics.get("data") or {}).get("gate_only"),
             "route": bool(bundle.refuse_models),
-            "labels": bundle.data_summary.get("labels"),
+            # bundles from before labels were hashed: stale only if a collection was relabelled since
+            "labels": bundle.data_summary.get("labels", None if _rejudged(col) else wanted["labels"]),
         }
         if made != wanted:
             raise BundleError(f"made with other settings ({', '.join(k for k in wanted if made[k] != wanted[k])})")

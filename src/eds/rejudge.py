@@ -23,7 +23,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from .collect import FORMAT, CollectionError, _exclusive, outcome
-from .io import fsync_file, sha256_file, tmp_path, write_text_atomic
+from .io import fsync_file, resumable_rows, sha256_file, tmp_path, write_text_atomic
 from .judge import Judge, get_judge, judge_digest
 
 PENDING = "rejudge_pending"
@@ -46,6 +46,9 @@ class Rejudged:
     digest_after: str | None
     changed: list[dict[str, Any]] = field(default_factory=list)  # rows whose verdict flipped (new verdict)
     written: bool = False
+    # what the whole rejudge moved, when it finished one that was interrupted (`changed` then holds only
+    # the rows the interruption had left behind)
+    counts: tuple[int, int] | None = None
 
     @property
     def to_refused(self) -> int:
@@ -71,6 +74,10 @@ def _judge_for(recorded: str | None, judge: str | Judge | None, where: Path) -> 
     return fn, getattr(fn, "name", type(fn).__name__)
 
 
+def _changed(row: dict[str, Any], verdict: bool) -> dict[str, Any]:
+    return {"key": row["key"], "label": row.get("label"), "response": row["response"], "refused": verdict}
+
+
 def _verdicts(fn: Judge, rows: Sequence[dict[str, Any]]) -> list[bool]:
     out = fn([r["prompt"] for r in rows], [r["response"] for r in rows])
     if len(out) != len(rows):
@@ -81,6 +88,17 @@ def _verdicts(fn: Judge, rows: Sequence[dict[str, Any]]) -> list[bool]:
 # ----------------------------------------------------------------------------- collections
 
 
+def _pending_judge(pending: dict[str, Any], judge: str | Judge | None, where: Path) -> Judge:
+    """An interrupted rejudge is finished with the judge it started with, whatever else is asked."""
+    fn = get_judge(judge if judge is not None else pending["judge"])
+    if getattr(fn, "name", type(fn).__name__) != pending["judge"] or judge_digest(fn) != pending.get("judge_digest"):
+        raise RejudgeError(
+            f"{where}: a rejudge with the {pending['judge']!r} judge (digest {pending.get('judge_digest')}) was "
+            "interrupted; finish it first with that judge (`eds rejudge PATH` with no --judge)"
+        )
+    return fn
+
+
 def rejudge_collection(path: str | Path, judge: str | Judge | None = None, *, dry_run: bool = False) -> Rejudged:
     """Relabel a collection's rows with `judge` (default: the current version of the judge it names)."""
     path = Path(path)
@@ -88,44 +106,55 @@ def rejudge_collection(path: str | Path, judge: str | Judge | None = None, *, dr
     if not mf.is_file():
         raise RejudgeError(f"{path}: no manifest.json; not a collection folder")
     with _exclusive(path):
+        if not dry_run:
+            for p in path.glob(".*.tmp-*"):  # staged by a killed rejudge (or collect): never named anywhere
+                p.unlink()
         manifest = json.loads(mf.read_text())
         pending = manifest.get(PENDING)
-        fn, name = _judge_for(manifest.get("judge"), judge, path)
+        if pending:
+            fn, name = _pending_judge(pending, judge, path), pending["judge"]
+        else:
+            fn, name = _judge_for(manifest.get("judge"), judge, path)
         shards = manifest["shards"]
         rows_by_shard: list[list[dict[str, Any]]] = []
         for s in shards:
-            # after an interrupted rejudge each file is the old one or the staged one: either is whole
-            staged = (pending or {}).get("shards", {}).get(s["name"], {})
+            # after an interrupted rejudge each file is the old one or a staged one: either is whole
+            staged_before = (pending or {}).get("shards", {}).get(s["name"], {})
             for suffix, key in ((".safetensors", "sha256"), (".jsonl", "records_sha256")):
                 p = path / (s["name"] + suffix)
-                if not p.is_file() or sha256_file(p) not in {s[key], staged.get(key)}:
+                if not p.is_file() or sha256_file(p) not in {s[key], *staged_before.get(key, [])}:
                     raise RejudgeError(f"{p}: missing or fails its sha256 check; the collection is damaged")
             with open(path / f"{s['name']}.jsonl", encoding="utf-8") as f:
                 rows_by_shard.append([json.loads(line) for line in f])
         n = sum(map(len, rows_by_shard))
         res = Rejudged(path, "collection", n, name, manifest.get("judge_digest"), judge_digest(fn))
-        new_rows: list[list[dict[str, Any]]] = []
+        new_rows: list[list[dict[str, Any]] | None] = []  # None: no verdict of the shard moves
         for rows in rows_by_shard:
             verdicts = _verdicts(fn, rows) if rows else []
-            out = []
-            for r, v in zip(rows, verdicts, strict=True):
-                if v != r["refused"]:
-                    res.changed.append({"key": r["key"], "label": r["label"], "response": r["response"], "refused": v})
-                out.append({**r, "refused": v, "outcome": outcome(r["label"], v)})
-            new_rows.append(out)
+            moved = [(r, v) for r, v in zip(rows, verdicts, strict=True) if v != r["refused"]]
+            res.changed += [_changed(r, v) for r, v in moved]
+            out = [{**r, "refused": v, "outcome": outcome(r["label"], v)} for r, v in zip(rows, verdicts, strict=True)]
+            new_rows.append(out if moved else None)
         same_judge = manifest.get("judge") == name and manifest.get("judge_digest") == res.digest_after
         if dry_run or (not res.changed and same_judge and not pending):
             return res
-        if not res.changed and not pending:  # no verdict moved: only the judge's name and digest change
-            _commit(mf, manifest, res)
-            return res
-        # 1. new files beside the old ones (every shard: a pending rerun cannot tell which were swapped)
-        staged: dict[str, dict[str, Any]] = {}
+        if pending:  # the history counts what the whole rejudge moved, not what was left after the interruption
+            res.counts = (pending["to_refused"], pending["to_answered"])
+        # 1. new files beside the old ones, for the shards whose labels move
+        staged: dict[str, tuple[Path, Path]] = {}
+        mark = pending or {
+            "judge": name,
+            "judge_digest": res.digest_after,
+            "to_refused": res.to_refused,
+            "to_answered": res.to_answered,
+            "shards": {},
+        }
         for s, rows in zip(shards, new_rows, strict=True):
+            if rows is None:
+                continue
             st, js = path / f"{s['name']}.safetensors", path / f"{s['name']}.jsonl"
             tensors = load_file(str(st))
-            good = tensors["good"]
-            tensors["good"] = good.new_tensor([r["outcome"] == "good" for r in rows])
+            tensors["good"] = tensors["good"].new_tensor([r["outcome"] == "good" for r in rows])
             t_st, t_js = tmp_path(st), tmp_path(js)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(t_st), metadata={"format": FORMAT})
             fsync_file(t_st)
@@ -133,22 +162,22 @@ def rejudge_collection(path: str | Path, judge: str | Judge | None = None, *, dr
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 f.flush()
                 os.fsync(f.fileno())
-            staged[s["name"]] = {"sha256": sha256_file(t_st), "records_sha256": sha256_file(t_js), "tmp": (t_st, t_js)}
+            staged[s["name"]] = (t_st, t_js)
+            known = mark["shards"].setdefault(s["name"], {"sha256": [], "records_sha256": []})
+            known["sha256"].append(sha256_file(t_st))
+            known["records_sha256"].append(sha256_file(t_js))
         # 2. the mark: from here until step 4, readers refuse the folder and a rerun finishes the job
-        manifest[PENDING] = {
-            "judge": name,
-            "judge_digest": res.digest_after,
-            "shards": {k: {"sha256": v["sha256"], "records_sha256": v["records_sha256"]} for k, v in staged.items()},
-        }
+        manifest[PENDING] = mark
         write_text_atomic(mf, json.dumps(manifest, indent=1, ensure_ascii=False))
         # 3. swap
+        for name_, (t_st, t_js) in staged.items():
+            os.replace(t_st, path / f"{name_}.safetensors")
+            os.replace(t_js, path / f"{name_}.jsonl")
+        # 4. commit: every file the mark names is now the one on disk
         for s in shards:
-            t_st, t_js = staged[s["name"]]["tmp"]
-            os.replace(t_st, path / f"{s['name']}.safetensors")
-            os.replace(t_js, path / f"{s['name']}.jsonl")
-        # 4. commit
-        for s in shards:
-            s["sha256"], s["records_sha256"] = staged[s["name"]]["sha256"], staged[s["name"]]["records_sha256"]
+            if s["name"] in mark["shards"]:
+                s["sha256"] = sha256_file(path / f"{s['name']}.safetensors")
+                s["records_sha256"] = sha256_file(path / f"{s['name']}.jsonl")
         del manifest[PENDING]
         _commit(mf, manifest, res)
         return res
@@ -158,13 +187,14 @@ def _commit(mf: Path, manifest: dict[str, Any], res: Rejudged) -> None:
     """The manifest under the new judge, with a line of history: the commit point of a rejudge."""
     import time
 
+    to_refused, to_answered = res.counts or (res.to_refused, res.to_answered)
     manifest.setdefault("rejudged", []).append(
         {
             "judge": res.judge,
             "from_digest": res.digest_before,
             "to_digest": res.digest_after,
-            "to_refused": res.to_refused,
-            "to_answered": res.to_answered,
+            "to_refused": to_refused,
+            "to_answered": to_answered,
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
@@ -185,7 +215,7 @@ def settings_path(records: Path) -> Path:
 
 
 def rejudge_records(path: str | Path, judge: str | Judge | None = None, *, dry_run: bool = False) -> Rejudged:
-    """Relabel an evaluation records file (`eds eval`, `eds tune`) and its settings' judge."""
+    """Relabel a refusal records file (`eds eval`, `eds tune`) and its settings' judge."""
     from .io import read_records
 
     path = Path(path)
@@ -195,13 +225,19 @@ def rejudge_records(path: str | Path, judge: str | Judge | None = None, *, dry_r
     settings = json.loads(side.read_text())
     if "judge" not in settings:
         raise RejudgeError(f"{path}: its settings name no judge; these records were not judged")
-    fn, name = _judge_for(settings["judge"], judge, path)
+    if not _holds_verdicts(path):
+        raise RejudgeError(f"{path}: not refusal records (no reply and verdict per row); nothing to judge")
     records = list(read_records(path).values())  # a line cut by a crash is dropped, as a resume would
+    pending = settings.get(PENDING)
+    if isinstance(pending, dict):
+        fn, name = _pending_judge(pending, judge, path), pending["judge"]
+    else:
+        fn, name = _judge_for(settings["judge"], judge, path)
     res = Rejudged(path, "records", len(records), name, settings.get("judge_digest"), judge_digest(fn))
     verdicts = _verdicts(fn, records) if records else []
     for r, v in zip(records, verdicts, strict=True):
         if v != r["refused"]:
-            res.changed.append({"key": r["key"], "label": r.get("label"), "response": r["response"], "refused": v})
+            res.changed.append(_changed(r, v))
         r["refused"] = v
     after = {k: v for k, v in settings.items() if k not in ("judge_digest", PENDING)}
     after["judge"] = name
@@ -209,7 +245,9 @@ def rejudge_records(path: str | Path, judge: str | Judge | None = None, *, dry_r
         after["judge_digest"] = res.digest_after
     if dry_run or (not res.changed and after == settings):
         return res
-    write_text_atomic(side, json.dumps({**settings, PENDING: True}, indent=1))
+    # the mark first: an evaluation refuses these records until the settings name the judge that made them
+    mark = pending if isinstance(pending, dict) else {"judge": name, "judge_digest": res.digest_after}
+    write_text_atomic(side, json.dumps({**settings, PENDING: mark}, indent=1))
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_text_atomic(side, json.dumps(after, indent=1))
     res.written = True
@@ -239,8 +277,10 @@ def find_judged(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
         for mf in sorted(p.rglob("manifest.json")):
             found.append(("collection", mf.parent))
         for side in sorted(p.rglob(f"*{SETTINGS_SUFFIX}")):
-            if "judge" in json.loads(side.read_text()):  # HumanEval and other unjudged records are left alone
-                found.append(("records", side.with_name(side.name[: -len(SETTINGS_SUFFIX)])))
+            records = side.with_name(side.name[: -len(SETTINGS_SUFFIX)])
+            # MMLU's and HumanEval's records name a scoring rule as their judge, but hold no verdicts
+            if "judge" in json.loads(side.read_text()) and _holds_verdicts(records):
+                found.append(("records", records))
     seen: set[Path] = set()
     unique = [(k, p) for k, p in found if not (p in seen or seen.add(p))]
     if not unique:
@@ -248,13 +288,26 @@ def find_judged(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
     return unique
 
 
+def _holds_verdicts(records: Path) -> bool:
+    """Refusal records hold a reply and a verdict per row (an empty file: nothing to tell, nothing lost)."""
+    if not records.is_file():
+        return False
+    first = next(resumable_rows(records), None)
+    return first is None or ("refused" in first and "response" in first)
+
+
 def rejudge(paths: Iterable[str | Path], judge: str | Judge | None = None, *, dry_run: bool = False) -> list[Rejudged]:
-    """Relabel every collection and judged records file at or under `paths` (see the module docstring)."""
-    out = []
-    for kind, p in find_judged(paths):
-        fn = rejudge_collection if kind == "collection" else rejudge_records
-        try:
-            out.append(fn(p, judge, dry_run=dry_run))
-        except (CollectionError, json.JSONDecodeError, KeyError) as e:
-            raise RejudgeError(f"{p}: {e}") from None
+    """Relabel every collection and refusal records file at or under `paths` (see the module docstring).
+    Every file is read and judged before any is written, so one that cannot be judged (an unknown judge,
+    a damaged shard) stops the run with nothing changed."""
+    targets = find_judged(paths)
+    out: list[Rejudged] = []
+    for write in (False, True) if not dry_run else (False,):
+        out = []
+        for kind, p in targets:
+            fn = rejudge_collection if kind == "collection" else rejudge_records
+            try:
+                out.append(fn(p, judge, dry_run=not write))
+            except (CollectionError, json.JSONDecodeError, KeyError) as e:
+                raise RejudgeError(f"{p}: {e}") from None
     return out
