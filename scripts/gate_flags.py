@@ -26,13 +26,32 @@ from eds.io import read_records
 from eds.probe import gate_states
 
 
+def trained_system_prompt(bundle: EnergyBundle) -> str | None:
+    """The system prompt the bundle's collections were made with (None: the model's default): the gate
+    read its training states under it, so it reads prompts under it here too."""
+    configs = bundle.data_summary.get("collect_config")
+    configs = configs if isinstance(configs, list) else [configs]
+    prompts = {(c or {}).get("system_prompt") for c in configs}
+    if len(prompts) > 1:
+        raise SystemExit(f"the bundle's collections were made with different system prompts: {prompts}")
+    return prompts.pop() if prompts else None
+
+
 def gate_logits(lm, bundle: EnergyBundle, prompts: list[str], batch_size: int = 16) -> list[float]:
     """The gate's harmfulness logit of each prompt (its states entering the gate layer, pooled as the gate
     pools them while steering)."""
     if bundle.gate is None or bundle.gate_layer is None:
         raise SystemExit("this bundle has no harmfulness gate")
     probe = bundle.gate_on(lm.device)
-    states = gate_states(lm, prompts, [bundle.gate_layer], probe.pool, batch_size=batch_size, progress=False)
+    states = gate_states(
+        lm,
+        prompts,
+        [bundle.gate_layer],
+        probe.pool,
+        system_prompt=trained_system_prompt(bundle),
+        batch_size=batch_size,
+        progress=False,
+    )
     with torch.no_grad():
         return probe(states[bundle.gate_layer].to(lm.device)).tolist()
 
