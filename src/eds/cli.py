@@ -682,6 +682,7 @@ def run_cmd(
     gate_data: Annotated[
         bool, typer.Option(help="the gate also learns the recipe's gate-only prompts (tense questions)")
     ] = True,
+    dtype: DtypeOpt = "default",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
     from .bundle import BundleError
@@ -699,6 +700,7 @@ def run_cmd(
         harm_gate=harm_gate,
         route=route and harm_gate,
         positions=positions,
+        dtype=dtype,
     )
     if not gate_data:
         cfg.gate_data = ()

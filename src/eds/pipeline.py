@@ -37,6 +37,7 @@ console = make_console()
 @dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
+    dtype: str = "default"  # bf16 where the device computes it natively, else float32 (docs: bf16)
     out: str = "runs/main"
     collection: tuple[str, ...] = ()  # reuse existing collection folders instead of collecting
     collect_data: tuple[str, ...] = RECIPE_MIXTURE
@@ -255,7 +256,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg.model, dtype=cfg.dtype)
 
     console.rule("[bold]1. collect (train splits)")
     if cfg.collection:
