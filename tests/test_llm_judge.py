@@ -66,3 +66,10 @@ def test_any_judge_and_validation(tiny):
         LLMJudge(lm=tiny, refusal_answer="Maybe")
     with pytest.raises(ValueError, match="at least one"):
         AnyJudge(())
+
+
+def test_scores_are_cached_per_dtype(tiny):
+    # the tiny model is float32: its scores must not be read back for a bf16 model (the cache's old keys)
+    assert LLMJudge(lm=tiny).settings()["dtype"] == "float32"
+    assert "dtype" not in LLMJudge(dtype="bfloat16").settings()
+    assert LLMJudge(lm=tiny)._key("p", "r") != LLMJudge(dtype="bfloat16", model=tiny.name)._key("p", "r")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .io import write_text_atomic
-from .models import DEFAULT_MODEL, LoadedModel
+from .models import DEFAULT_MODEL, LoadedModel, dtype_name
 
 #: The rubric the judge was first specified with. On the default model it is inverted (refusals get the lower
 #: Yes score: AUROC 0.05 on the dev sample), so it is kept only to be measured (docs/judge.md).
@@ -64,6 +64,7 @@ class LLMJudge:
 
     model: str = DEFAULT_MODEL
     lm: LoadedModel | None = None
+    dtype: str = "default"  # for the model loaded on first use (`eds.load_model`'s dtype)
     threshold: float = THRESHOLD
     rubric: str = RUBRIC
     refusal_answer: str = "No"
@@ -84,8 +85,11 @@ class LLMJudge:
     def settings(self) -> dict[str, Any]:
         """Everything a score depends on; its digest keys the score cache."""
         model = self.lm.name if self.lm is not None else self.model
+        dtype = self.lm.dtype_name if self.lm is not None else dtype_name(self.dtype)
         return {
             "model": model,
+            # scores move with the dtype; bf16 (the default when the cache began) keeps its old keys
+            **({"dtype": dtype} if dtype != "bfloat16" else {}),
             "rubric": self.rubric,
             "refusal_answer": self.refusal_answer,
             "system_prompt": self.system_prompt,
@@ -120,7 +124,7 @@ class LLMJudge:
         if self.lm is None:
             from .models import load_model
 
-            self.lm = load_model(self.model)
+            self.lm = load_model(self.model, dtype=self.dtype)
         if self._ids is None:
             tok = self.lm.tokenizer
             yes, no = _first_token(tok, "Yes"), _first_token(tok, "No")

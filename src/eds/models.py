@@ -507,6 +507,12 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
+def dtype_name(dtype: str | torch.dtype | None, device: str | None = None) -> str:
+    """The dtype `load_model(dtype=...)` would load in, by name ('float32'), without loading anything."""
+    resolved = default_dtype(resolve_device(device)) if dtype in (None, "default") else resolve_dtype(dtype)
+    return str(resolved).removeprefix("torch.")
+
+
 def resolve_device(device: str | None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
