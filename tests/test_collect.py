@@ -220,6 +220,11 @@ def test_resume_refuses_the_model_in_another_dtype(tmp_path, tiny):
     half = tiny_model("qwen2", dtype=torch.bfloat16)
     with pytest.raises(CollectionError, match="model in float32, not bfloat16"):
         collect(half, tmp_path / "run", cfg, judge=KeywordJudge(), progress=False)
+    # a manifest from before the dtype was recorded was made in bf16, then the default
+    manifest = tmp_path / "run" / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "model_dtype"}))
+    with pytest.raises(CollectionError, match="model in bfloat16, not float32"):
+        collect(tiny, tmp_path / "run", cfg, judge=KeywordJudge(), progress=False)
 
 
 def test_bad_inputs(tmp_path, tiny):

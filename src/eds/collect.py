@@ -406,8 +406,9 @@ def _open_or_create(
             problems.append(
                 f"made with model {was!r}, not {lm.fingerprint.name!r}" + (f" ({'; '.join(bad)})" if bad else "")
             )
-        if manifest.get("model_dtype", lm.dtype_name) != lm.dtype_name:  # collections from before: not recorded
-            problems.append(f"made with the model in {manifest['model_dtype']}, not {lm.dtype_name} (--dtype)")
+        made_in = manifest.get("model_dtype", "bfloat16")  # not recorded before: bf16 was then the default
+        if made_in != lm.dtype_name:
+            problems.append(f"made with the model in {made_in}, not {lm.dtype_name} (--dtype)")
         if manifest.get("chat_format") != lm.chat_texts(["<prompt>"], cfg.system_prompt)[0]:
             problems.append("the chat format differs (another system prompt or chat template)")
         if not problems and manifest["plan"] != plan:

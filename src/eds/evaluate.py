@@ -98,8 +98,7 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
             raise EvalError(f"{path}: an `eds rejudge` was interrupted here; run `eds rejudge {path}` again")
         if "judge_digest" not in before:  # records from before judges were hashed: the name is all there is
             current.pop("judge_digest", None)
-        if "dtype" not in before:  # records from before the dtype was recorded (bf16 was then the default)
-            current.pop("dtype", None)
+        before.setdefault("dtype", "bfloat16")  # not recorded before: bf16 was then the default
         if before != current:
             diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
             hint = (
