@@ -146,12 +146,11 @@ def rejudge(
 ) -> None:
     """Judge stored replies again (after a judge fix): relabel collections and eval/tune records in place,
     without generating anything. Hidden states and replies are kept; labels and the judge's digest change."""
-    from .rejudge import RejudgeError
     from .rejudge import rejudge as run_rejudge
 
     try:
         results = run_rejudge(paths, judge, dry_run=dry_run)
-    except (RejudgeError, ValueError) as e:
+    except ValueError as e:  # RejudgeError among them
         _fail(str(e))
     table = Table("file", "kind", "rows", "now refused", "now answered", "judge", "written")
     for r in results:

@@ -88,9 +88,17 @@ class EvalError(ValueError):
     """An evaluation cannot resume as asked."""
 
 
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_path(records: Path) -> Path:
+    """The settings that made a records file, beside it."""
+    return records.with_name(records.name + SETTINGS_SUFFIX)
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Records resume only under the settings that made them; anything else would mix two runs."""
-    side = path.with_name(path.name + ".settings.json")
+    side = settings_path(path)
     current = json.loads(json.dumps(settings, default=str))
     if side.exists():
         before = json.loads(side.read_text())

@@ -29,14 +29,19 @@ def fsync_file(path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
+def write_synced(path: str | Path, text: str) -> None:
+    """Write and fsync: the text is on disk before anything names the file."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write, fsync, then rename: readers see the old file or the new one, never half of one."""
     path = Path(path)
     tmp = tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(tmp, text)
     os.replace(tmp, path)
 
 

@@ -508,10 +508,14 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
+def load_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | str:
+    """What `load_model(dtype=...)` loads in on `device`: None and "default" mean `default_dtype`."""
+    return default_dtype(device) if dtype in (None, "default") else resolve_dtype(dtype)
+
+
 def dtype_name(dtype: str | torch.dtype | None, device: str | None = None) -> str:
     """The dtype `load_model(dtype=...)` would load in, by name ('float32'), without loading anything."""
-    resolved = default_dtype(resolve_device(device)) if dtype in (None, "default") else resolve_dtype(dtype)
-    return str(resolved).removeprefix("torch.")
+    return str(load_dtype(dtype, resolve_device(device))).removeprefix("torch.")
 
 
 def resolve_device(device: str | None) -> str:
@@ -541,7 +545,7 @@ def load_model(
     else:
         source = name_or_path
     dev = resolve_device(device)
-    torch_dtype = default_dtype(dev) if dtype in (None, "default") else resolve_dtype(dtype)
+    torch_dtype = load_dtype(dtype, dev)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)

@@ -23,11 +23,11 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from .collect import FORMAT, CollectionError, _exclusive, outcome
-from .io import fsync_file, resumable_rows, sha256_file, tmp_path, write_text_atomic
+from .evaluate import SETTINGS_SUFFIX, settings_path
+from .io import fsync_file, read_records, resumable_rows, sha256_file, tmp_path, write_synced, write_text_atomic
 from .judge import Judge, get_judge, judge_digest
 
 PENDING = "rejudge_pending"
-SETTINGS_SUFFIX = ".settings.json"
 
 
 class RejudgeError(ValueError):
@@ -158,10 +158,7 @@ def rejudge_collection(path: str | Path, judge: str | Judge | None = None, *, dr
             t_st, t_js = tmp_path(st), tmp_path(js)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(t_st), metadata={"format": FORMAT})
             fsync_file(t_st)
-            with open(t_js, "w", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                f.flush()
-                os.fsync(f.fileno())
+            write_synced(t_js, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             staged[s["name"]] = (t_st, t_js)
             known = mark["shards"].setdefault(s["name"], {"sha256": [], "records_sha256": []})
             known["sha256"].append(sha256_file(t_st))
@@ -210,14 +207,8 @@ def _commit(mf: Path, manifest: dict[str, Any], res: Rejudged) -> None:
 # ----------------------------------------------------------------------------- evaluation records
 
 
-def settings_path(records: Path) -> Path:
-    return records.with_name(records.name + SETTINGS_SUFFIX)
-
-
 def rejudge_records(path: str | Path, judge: str | Judge | None = None, *, dry_run: bool = False) -> Rejudged:
     """Relabel a refusal records file (`eds eval`, `eds tune`) and its settings' judge."""
-    from .io import read_records
-
     path = Path(path)
     side = settings_path(path)
     if not side.is_file():
