@@ -46,8 +46,9 @@ REPO = Path(__file__).resolve().parents[2]  # the checkout, when eds runs from o
 COMMAND = ["python3", "benchmarks/steer_speed.py"]  # how this run was started, for the results file
 
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
+from eds.cpu_linear import pack_linears, packed_count, should_pack  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
-from eds.models import Fingerprint, cache_keyword, find_layers  # noqa: E402
+from eds.models import Fingerprint, cache_keyword, find_layers, load_dtype  # noqa: E402
 from eds.probe import GATE_WIDTH, HarmProbe  # noqa: E402
 from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
@@ -107,9 +108,6 @@ def steer_kwargs(mode: str) -> dict[str, Any]:
     return {"mode": mode, "harm_gate": False, "route": False}
 
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 # ----------------------------------------------------------------------------- setup
 
 
@@ -126,11 +124,11 @@ def sync(device: torch.device) -> None:
 
 def build_model(name: str, args: argparse.Namespace, device: torch.device) -> tuple[Any, str]:
     """(causal LM on `device`, label). Random weights for --config, real ones for --model."""
-    dtype = DTYPES[args.dtype]
+    dtype = load_dtype(args.dtype, str(device))
     if name.startswith("model:"):
         from eds.models import load_model
 
-        lm = load_model(name[len("model:") :], dtype=dtype, device=str(device))
+        lm = load_model(name[len("model:") :], dtype=dtype, device=str(device), pack_linear=args.pack_linear == "auto")
         model = lm.model
     else:
         from transformers import Qwen2Config
@@ -144,6 +142,8 @@ def build_model(name: str, args: argparse.Namespace, device: torch.device) -> tu
         except Exception as e:  # pragma: no cover - fallback for transformers that refuse
             print(f"  (building on the device failed: {e!r}; building on CPU)", flush=True)
             model = random_model(cfg, dtype=dtype, seed=args.seed).to(device)
+        if should_pack(device, dtype, args.pack_linear == "auto"):  # as load_model does
+            pack_linears(model)
     gc = model.generation_config
     gc.eos_token_id = None  # random weights: never stop early; every row decodes the full length
     gc.pad_token_id = 0
@@ -606,6 +606,7 @@ def meta(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             k: getattr(args, k)
             for k in (
                 "dtype",
+                "pack_linear",
                 "prompt_len",
                 "new_tokens",
                 "repeats",
@@ -635,7 +636,9 @@ def markdown(doc: dict[str, Any]) -> str:
         + (" + uncommitted src changes" if mt["git_src_dirty"] else ""),
         f"- date: {mt['date']}",
         f"- command: `{mt['command']}`",
-        f"- model: {doc['model']} ({doc['attn_implementation']} attention, {mt['settings']['dtype']}), "
+        f"- model: {doc['model']} ({doc['attn_implementation']} attention, {mt['settings']['dtype']}"
+        + (f", {doc['packed_linears']} linear layers oneDNN-packed" if doc.get("packed_linears") else "")
+        + "), "
         f"steered layers {doc['bundle']['layers']} of {doc['bundle']['num_layers']}, "
         f"steps {mt['settings']['steps']}, eta {mt['settings']['eta']}, "
         f"energy widths {next(iter(doc['bundle']['energy'].values()))['widths']}, "
@@ -770,7 +773,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         default="model",
         help="where the bundle's energy models live before steer() (cpu: copied on every steer entry)",
     )
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    ap.add_argument(
+        "--dtype",
+        choices=["default", "bfloat16", "float16", "float32"],
+        default="default",
+        help="default: bf16 where the device computes it natively, else float32 (as load_model)",
+    )
+    ap.add_argument(
+        "--pack-linear",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: float32 on CPU runs linear layers on oneDNN-packed weights, as load_model does",
+    )
     ap.add_argument("--attn", default=None, help="attention implementation (default: transformers' choice)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -800,6 +814,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     args.profile = args.profile or args.profile_only
     device = device_of(args)
+    args.dtype = str(load_dtype(args.dtype, str(device))).removeprefix("torch.")  # what ran, in the results
     if args.steer_impl == "compile":
         patch_steer_states_compiled()
     names = args.config or [f"model:{m}" for m in args.model or []] or ["qwen2.5-1.5b"]
@@ -815,6 +830,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             "random_weights": not label.startswith("model:"),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "params": sum(p.numel() for p in model.parameters()),
+            "packed_linears": packed_count(model),
             "bundle": binfo,
             "meta": info,
             "results": [],

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cpu_linear import pack_linears, should_pack
 from .io import sha256_file, write_text_atomic
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -532,11 +533,14 @@ def load_model(
     system_prompt: str | None = None,
     layers_attr: str | None = None,
     trust_remote_code: bool = False,
+    pack_linear: bool | None = None,
 ) -> LoadedModel:
     """Load a built-in model (fetched and converted on first use), a local folder or a hub id.
 
     `dtype` None: bf16 where the device computes it natively (the models' own dtype; on such CPUs 2-3x
-    faster than float32), else float32 (`default_dtype`). Artifacts record the dtype they were made in."""
+    faster than float32), else float32 (`default_dtype`). Artifacts record the dtype they were made in.
+    `pack_linear` None: float32 on CPU runs its linear layers on oneDNN-packed weights (`cpu_linear`;
+    `EDS_PACK_LINEAR=0` or False turns it off, for one copy of the weights less in memory)."""
     from huggingface_hub.errors import HFValidationError  # transformers >= 4.56 needs a hub that has it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -556,9 +560,10 @@ def load_model(
         ) from e
     model.requires_grad_(False)  # ours, not the user's: no gradients are ever needed
     tok.padding_side = "left"
-    return LoadedModel.from_model(
-        model.to(dev), tok, name_or_path, layers_attr=layers_attr, system_prompt=system_prompt
-    )
+    model.to(dev)
+    if should_pack(dev, torch_dtype, pack_linear):
+        pack_linears(model)
+    return LoadedModel.from_model(model, tok, name_or_path, layers_attr=layers_attr, system_prompt=system_prompt)
 
 
 def list_models() -> list[dict[str, str]]:
