@@ -25,7 +25,7 @@ from eds import load_model
 from eds.collect import Collection
 from eds.data import load_many
 from eds.evaluate import labelled_prompts
-from eds.probe import gate_states, train_probe
+from eds.probe import RECALLS, gate_states, train_probe
 from eds.train import TrainConfig
 from eds.tune import TuneConfig
 
@@ -61,6 +61,9 @@ def main() -> None:
     if not set(chosen_from) <= set(layers):
         raise SystemExit(f"--gate-layers {chosen_from} must lie within --layers {layers}")
     recalls = args.recall or [0.9, 0.95]
+    if unknown := [r for r in recalls if r not in RECALLS and r != max(recalls)]:
+        # the gate stores thresholds for these and for the highest recall asked (it trains for that one)
+        raise SystemExit(f"--recall {unknown}: use the highest recall or one of {', '.join(map(str, RECALLS))}")
     lm = load_model(dtype=args.dtype)
     sets = args.set or [
         *TuneConfig().val_sets,

@@ -4,6 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from eds.cli import app
+from eds.cpu_linear import packing_available
+from eds.models import dtype_name
 
 runner = CliRunner()
 
@@ -137,6 +139,9 @@ def test_bench_verb_writes_its_results_file(tmp_path):
     doc = json.loads((tmp_path / "t-tiny.json").read_text())
     assert doc["meta"]["command"].startswith("eds bench --config tiny")
     assert [r["batch"] for r in doc["results"]] == [1, 2]
+    # the dtype and linear layers load_model would use here, recorded as what ran
+    assert doc["meta"]["settings"]["dtype"] == dtype_name(None, "cpu")
+    assert (doc["packed_linears"] > 0) == (doc["meta"]["settings"]["dtype"] == "float32" and packing_available())
     for r in doc["results"]:
         assert set(r["modes"]) == {"plain", "always", "gated"}
         assert all(isinstance(r["ratios"][m]["decode_overhead_pct"], float) for m in ("always", "gated"))
@@ -210,13 +215,17 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
 
 def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder, monkeypatch):
     _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
-    train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2", "--dtype", "float32"]
+    train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2"]
+    # no --dtype: the collections' (float32), whatever this CPU's default is
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "0-1", "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     gate = json.loads((tmp_path / "b" / "bundle.json").read_text())["gate"]
     assert gate["pool"] == "mean" and gate["layer"] in (0, 1)
     assert gate["metrics"]["states_read_by"]["dtype"] == "float32"
-    assert "mean of the prompt" in res.output
+    assert "mean of the prompt" in res.output and "collections were made in" not in res.output
+    res = runner.invoke(app, [*train, "--gate-pool", "mean", "--dtype", "bfloat16", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert "reads states in bfloat16; the collections were made in float32" in res.output.replace("\n", " ")
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
     assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")
     res = runner.invoke(app, [*train, "--gate-pool", "max"])

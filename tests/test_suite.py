@@ -46,6 +46,7 @@ def test_eval_base_and_steered_resumes_and_reports(tmp_path, tiny, monkeypatch):
     saved = json.loads((tmp_path / "eval" / "result.json").read_text())
     assert saved["schema"] == SCHEMA and saved["command"] == "eds eval --test"
     assert saved["model"]["name"] == "tiny-qwen2" and saved["bundle"]["layers"] == [1]
+    assert saved["dtype"] == "float32" and "hidden 32, float32)" in (tmp_path / "eval" / "report.md").read_text()
     sec = saved["sections"]["refusal"]
     names = [d["dataset"] for d in sec["base"]["datasets"]]
     assert "mine_benign" in names and "mine_harmful" in names

@@ -67,7 +67,8 @@ def test_tune_end_to_end_on_a_tiny_model(tmp_path, tiny):
     # ... and leaves the capability prompts' replies exactly as they were; a real step moves them
     assert zero["drift_kl"] == pytest.approx(0.0, abs=1e-6) and zero["unchanged"] == 1.0
     assert max(r["drift_kl"] for r in res.rows) > 1e-4
-    assert len(list((tmp_path / "tune").glob("*.drift.json"))) == 4
+    drifts = list((tmp_path / "tune").glob("*.drift.json"))
+    assert len(drifts) == 4 and json.loads(drifts[0].read_text())["settings"]["dtype"] == "float32"
 
 
 def test_infeasible_candidates_skip_the_capability_check(tmp_path, tiny):

@@ -271,7 +271,9 @@ def train_cmd(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="for --gate-pool mean: the collections' model (default: theirs)")
     ] = None,
-    dtype: DtypeOpt = "default",
+    dtype: Annotated[
+        str, typer.Option(help="for --gate-pool mean: the model's dtype (default: the collections')")
+    ] = "default",
     device: DeviceOpt = None,
     allow_test: Annotated[
         bool, typer.Option(help="train on test-split prompts too (results on those sets are then not held out)")
@@ -295,8 +297,14 @@ def train_cmd(
         lm = None
         if harm_gate and gate_pool != "last":  # the gate reads states the collections do not keep
             from .models import load_model
+            from .pipeline import collection_dtype
 
-            lm = load_model(model or col.fingerprint.name, dtype=dtype, device=device)
+            # by default in the collections' dtype, as their model is theirs by default
+            lm = load_model(
+                model or col.fingerprint.name,
+                dtype=collection_dtype(col) if dtype == "default" else dtype,
+                device=device,
+            )
         elif model or device:
             err.print("[yellow]--model and --device serve --gate-pool mean only: ignored[/]")
         cfg = TrainConfig(

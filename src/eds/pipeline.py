@@ -119,14 +119,25 @@ def _reader(lm: LoadedModel) -> dict[str, str]:
     return {"model": lm.fingerprint.name, "dtype": lm.dtype_name, "device": str(lm.device)}
 
 
+def collection_dtype(col: Collection) -> str:
+    """The dtype the collections' model ran in, one for all (not recorded before: bf16, then the default)."""
+    dtypes = {p.manifest.get("model_dtype", "bfloat16") for p in getattr(col, "parts", None) or [col]}
+    if len(dtypes) > 1:
+        raise ValueError(f"the collections were made in different dtypes: {sorted(dtypes)}")
+    return dtypes.pop()
+
+
 def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
     """A gate that reads states through `lm` must read them as the collections' model did: same shape
-    (a warning for another name) and the same chat format (template and system prompt)."""
+    (a warning for another name), the same chat format (template and system prompt), and a warning
+    for another dtype (the gate then learns states a little unlike those the energy models learned)."""
     col.fingerprint.check(lm.fingerprint, "collection")
     chat = lm.chat_texts(["<prompt>"], system_prompt_of(col))[0]
     for part in getattr(col, "parts", None) or [col]:
         if part.manifest.get("chat_format") not in (None, chat):
             raise ValueError(f"{part.path}: made with another chat format (system prompt or template) than the model's")
+    if (made_in := collection_dtype(col)) != lm.dtype_name:
+        console.print(f"[yellow]the gate reads states in {lm.dtype_name}; the collections were made in {made_in}[/]")
 
 
 def make_bundle(

@@ -148,7 +148,8 @@ def markdown(result: dict[str, Any], images: dict[str, str]) -> str:
         "# eds evaluation report",
         "",
         f"- model: `{result['model'].get('name') or cfg['model']}` ({result['model']['architecture']}, "
-        f"{result['model']['num_layers']} layers, hidden {result['model']['hidden_size']})",
+        f"{result['model']['num_layers']} layers, hidden {result['model']['hidden_size']}"
+        + (f", {result['dtype']})" if result.get("dtype") else ")"),
         f"- bundle: `{b['path']}` sha256 `{b['sha256'][:16]}…`, layers {b['layers']}, gate layer {b['gate_layer']}, "
         f"steering {b['steering']}"
         if b

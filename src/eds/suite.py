@@ -208,6 +208,7 @@ def run_eval(
         "command": command,
         "config": asdict(cfg),
         "model": lm.fingerprint.to_dict(),
+        "dtype": lm.dtype_name,  # replies differ between dtypes
         "bundle": None
         if bundle is None
         else {
@@ -245,7 +246,13 @@ def run_eval(
             if part == "drift":
                 if b is None:
                     continue
-                key = {"model": result["model"], "bundle": result["bundle"], "set": cfg.drift_set, "limit": cfg.limit}
+                key = {
+                    "model": result["model"],
+                    "dtype": lm.dtype_name,
+                    "bundle": result["bundle"],
+                    "set": cfg.drift_set,
+                    "limit": cfg.limit,
+                }
                 section[arm] = _cached_section(
                     rec / "drift.json", key, lambda b=b, arm=arm: runners["drift"](lm, cfg, b, rec, arm)
                 )

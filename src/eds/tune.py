@@ -229,7 +229,7 @@ def _base_replies(lm: LoadedModel, prompts: list[str], cfg: TuneConfig, path: Pa
     settings = {
         "model": lm.fingerprint.to_dict(),
         "chat_format": lm.chat_texts(["<prompt>"])[0],
-        "dtype": str(next(lm.model.parameters()).dtype),
+        "dtype": str(next(lm.model.parameters()).dtype),  # "torch.x": the key files already carry
         "prompts": prompts,
         "max_new_tokens": cfg.capability_tokens,
     }
@@ -246,9 +246,10 @@ def _capability(
     lm: LoadedModel, bundle: EnergyBundle, c: Candidate, prompts: list[str], base: list[str], path: Path, tokens: int
 ) -> dict[str, float]:
     """Drift of one candidate on the capability prompts (read back from `path` when measured under the
-    same settings: bundle, steering, prompts, base replies, length)."""
+    same settings: bundle, dtype, steering, prompts, base replies, length)."""
     settings = {
         "bundle": bundle.digest(),
+        "dtype": lm.dtype_name,
         "steer": c.overrides(),
         "prompts": prompts,
         "base_replies": hashlib.sha256(json.dumps(base).encode()).hexdigest(),
