@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from test_collect import KeywordJudge, prompt_file
 from typer.testing import CliRunner
 
+from eds import evaluate as evaluate_mod
 from eds import rejudge as rejudge_mod
 from eds.cli import app
 from eds.collect import CollectConfig, Collection, CollectionError, collect, outcome
@@ -216,3 +217,30 @@ def test_folders_are_searched_and_the_cli_reports_what_moved(tmp_path, tiny):
     assert out.exit_code == 0, out.output
     relabelled = Collection.open(col.path, verify=True)
     assert relabelled.manifest["judge"] == "jbb" and "judge_digest" in relabelled.manifest
+
+
+def test_records_have_one_writer_at_a_time(tmp_path, tiny, monkeypatch):
+    """A rejudge started while an evaluation appends to the same records is refused, and so is a
+    second evaluation; a dry run only reads, and is not."""
+    path = tmp_path / "eval" / "refusal-base.jsonl"
+    prompts = str(prompt_file(tmp_path))
+    kw = dict(max_new_tokens=3, records_path=path, progress=False)
+    evaluate_refusals(tiny, [prompts], judge=Words("bomb"), **kw)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))  # one prompt left to generate: the next evaluation appends to the file
+    seen = []
+    real = evaluate_mod.generate
+
+    def generate_while_others_try(*a, **k):
+        if not seen:
+            with pytest.raises(EvalError, match="another process is writing"):
+                rejudge_records(path, Words("bomb", "steal"))
+            with pytest.raises(EvalError, match="another process is writing"):
+                evaluate_refusals(tiny, [prompts], judge=Words("bomb"), **kw)
+            seen.append(rejudge_records(path, Words("bomb", "steal"), dry_run=True))
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate_mod, "generate", generate_while_others_try)
+    done = evaluate_refusals(tiny, [prompts], judge=Words("bomb"), **kw)
+    assert seen and not seen[0].written and seen[0].rows == 19 and len(done.records) == 20
+    assert rejudge_records(path, Words("bomb", "steal")).written  # the lock went with the evaluation

@@ -20,7 +20,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import data as data_mod
-from .io import fsync_file, sha256_file, tmp_path, versions, write_text_atomic
+from .io import exclusive, fsync_file, sha256_file, tmp_path, versions, write_text_atomic
 from .judge import Judge, get_judge, judge_digest
 from .models import Fingerprint, LoadedModel, layer_input, resolve_dtype
 
@@ -471,23 +470,13 @@ def collect(
 _LOCK = ".lock"
 
 
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path):
     """One writer per collection folder: a second `collect` on the same folder would delete the first's
     shards as orphans."""
-    import fcntl
-
-    with open(out / _LOCK, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CollectionError(
-                f"another process is collecting into {out}; wait for it or use another folder"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive(
+        out / _LOCK,
+        lambda: CollectionError(f"another process is collecting into {out}; wait for it or use another folder"),
+    )
 
 
 def _collect_locked(

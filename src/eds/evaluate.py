@@ -4,6 +4,7 @@ interrupted evaluation resumes without regenerating finished prompts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +14,7 @@ from typing import Any
 from . import data as data_mod
 from .bundle import EnergyBundle
 from .generate import generate
-from .io import appending, read_records, write_text_atomic
+from .io import appending, exclusive, read_records, write_text_atomic
 from .judge import Judge, get_judge, judge_digest
 from .metrics import Rate, repeats_ngram
 from .models import LoadedModel
@@ -96,6 +97,16 @@ def settings_path(records: Path) -> Path:
     return records.with_name(records.name + SETTINGS_SUFFIX)
 
 
+def records_lock(records: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer per records file (an evaluation, a tune, `eds rejudge`): two would interleave lines,
+    or one would rewrite the file under the other's appends."""
+    records.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive(
+        records.with_name(f".{records.name}.lock"),
+        lambda: EvalError(f"another process is writing {records}; wait for it or use another records file"),
+    )
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Records resume only under the settings that made them; anything else would mix two runs."""
     side = settings_path(path)
@@ -157,45 +168,45 @@ def evaluate_refusals(
     prompts = list(prompts) if prompts is not None else labelled_prompts(specs, seed)
     done: dict[str, dict[str, Any]] = {}
     path = Path(records_path) if records_path else None
-    if path:
-        _check_settings(path, eval_settings(lm, bundle, max_new_tokens, judge_fn, steer_overrides))
-    if path:
-        done = read_records(path)  # a line cut by a crash is regenerated
-    todo = [(g, p) for g, p in prompts if p.key not in done]
-    if todo:
-        # longest prompts first: batches of similar length pad little
-        todo.sort(key=lambda gp: -len(gp[1].prompt))
-        bar = _progress(progress, label)
-        task = bar.add_task("", total=len(prompts), completed=len(prompts) - len(todo))
-        with bar, appending(path) as write:  # the bar stops, and the file closes, on any exception
-            for i in range(0, len(todo), batch_size * 4):
-                chunk = todo[i : i + batch_size * 4]
-                texts = [p.prompt for _, p in chunk]
-                replies, moved = generate(
-                    lm,
-                    texts,
-                    bundle=bundle,
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                    progress=False,
-                    **steer_overrides,
-                )
-                refused = judge_fn(texts, replies)
-                for (g, p), reply, ref, mv in zip(chunk, replies, refused, moved, strict=True):
-                    rec = {
-                        "key": p.key,
-                        "group": g,
-                        "dataset": p.dataset,
-                        "category": p.category,
-                        "label": p.label,
-                        "prompt": p.prompt,
-                        "response": reply,
-                        "refused": bool(ref),
-                        "states_moved": mv,
-                    }
-                    done[p.key] = rec
-                    write(rec)
-                bar.advance(task, len(chunk))
+    with records_lock(path) if path else contextlib.nullcontext():  # one writer per records file
+        if path:
+            _check_settings(path, eval_settings(lm, bundle, max_new_tokens, judge_fn, steer_overrides))
+            done = read_records(path)  # a line cut by a crash is regenerated
+        todo = [(g, p) for g, p in prompts if p.key not in done]
+        if todo:
+            # longest prompts first: batches of similar length pad little
+            todo.sort(key=lambda gp: -len(gp[1].prompt))
+            bar = _progress(progress, label)
+            task = bar.add_task("", total=len(prompts), completed=len(prompts) - len(todo))
+            with bar, appending(path) as write:  # the bar stops, and the file closes, on any exception
+                for i in range(0, len(todo), batch_size * 4):
+                    chunk = todo[i : i + batch_size * 4]
+                    texts = [p.prompt for _, p in chunk]
+                    replies, moved = generate(
+                        lm,
+                        texts,
+                        bundle=bundle,
+                        max_new_tokens=max_new_tokens,
+                        batch_size=batch_size,
+                        progress=False,
+                        **steer_overrides,
+                    )
+                    refused = judge_fn(texts, replies)
+                    for (g, p), reply, ref, mv in zip(chunk, replies, refused, moved, strict=True):
+                        rec = {
+                            "key": p.key,
+                            "group": g,
+                            "dataset": p.dataset,
+                            "category": p.category,
+                            "label": p.label,
+                            "prompt": p.prompt,
+                            "response": reply,
+                            "refused": bool(ref),
+                            "states_moved": mv,
+                        }
+                        done[p.key] = rec
+                        write(rec)
+                    bar.advance(task, len(chunk))
     records = [done[p.key] for _, p in prompts]
     return summarise(records, judge=getattr(judge_fn, "name", ""))
 

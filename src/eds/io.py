@@ -45,6 +45,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def exclusive(lock: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold an advisory lock on file `lock` (created if missing) for the block; raise `busy()` at once
+    if another process holds it. One writer per artifact: two would interleave or delete each other's
+    files. The lock goes with the process, so a killed writer never leaves a stale one."""
+    import fcntl
+
+    with open(lock, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def versions() -> dict[str, str]:
     """Versions that decide whether an artifact's numbers can be reproduced."""
     import torch

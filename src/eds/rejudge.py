@@ -13,6 +13,7 @@ finishes the job: verdicts are a pure function of the stored replies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from .collect import FORMAT, CollectionError, _exclusive, outcome
-from .evaluate import SETTINGS_SUFFIX, settings_path
+from .evaluate import SETTINGS_SUFFIX, records_lock, settings_path
 from .io import fsync_file, read_records, resumable_rows, sha256_file, tmp_path, write_synced, write_text_atomic
 from .judge import Judge, get_judge, judge_digest
 
@@ -213,36 +214,37 @@ def rejudge_records(path: str | Path, judge: str | Judge | None = None, *, dry_r
     side = settings_path(path)
     if not side.is_file():
         raise RejudgeError(f"{path}: no {side.name} beside it; not an eds records file")
-    settings = json.loads(side.read_text())
-    if "judge" not in settings:
-        raise RejudgeError(f"{path}: its settings name no judge; these records were not judged")
-    if not _holds_verdicts(path):
-        raise RejudgeError(f"{path}: not refusal records (no reply and verdict per row); nothing to judge")
-    records = list(read_records(path).values())  # a line cut by a crash is dropped, as a resume would
-    pending = settings.get(PENDING)
-    if isinstance(pending, dict):
-        fn, name = _pending_judge(pending, judge, path), pending["judge"]
-    else:
-        fn, name = _judge_for(settings["judge"], judge, path)
-    res = Rejudged(path, "records", len(records), name, settings.get("judge_digest"), judge_digest(fn))
-    verdicts = _verdicts(fn, records) if records else []
-    for r, v in zip(records, verdicts, strict=True):
-        if v != r["refused"]:
-            res.changed.append(_changed(r, v))
-        r["refused"] = v
-    after = {k: v for k, v in settings.items() if k not in ("judge_digest", PENDING)}
-    after["judge"] = name
-    if res.digest_after is not None:
-        after["judge_digest"] = res.digest_after
-    if dry_run or (not res.changed and after == settings):
+    with contextlib.nullcontext() if dry_run else records_lock(path):  # not under a running evaluation
+        settings = json.loads(side.read_text())
+        if "judge" not in settings:
+            raise RejudgeError(f"{path}: its settings name no judge; these records were not judged")
+        if not _holds_verdicts(path):
+            raise RejudgeError(f"{path}: not refusal records (no reply and verdict per row); nothing to judge")
+        records = list(read_records(path).values())  # a line cut by a crash is dropped, as a resume would
+        pending = settings.get(PENDING)
+        if isinstance(pending, dict):
+            fn, name = _pending_judge(pending, judge, path), pending["judge"]
+        else:
+            fn, name = _judge_for(settings["judge"], judge, path)
+        res = Rejudged(path, "records", len(records), name, settings.get("judge_digest"), judge_digest(fn))
+        verdicts = _verdicts(fn, records) if records else []
+        for r, v in zip(records, verdicts, strict=True):
+            if v != r["refused"]:
+                res.changed.append(_changed(r, v))
+            r["refused"] = v
+        after = {k: v for k, v in settings.items() if k not in ("judge_digest", PENDING)}
+        after["judge"] = name
+        if res.digest_after is not None:
+            after["judge_digest"] = res.digest_after
+        if dry_run or (not res.changed and after == settings):
+            return res
+        # the mark first: an evaluation refuses these records until the settings name the judge that made them
+        mark = pending if isinstance(pending, dict) else {"judge": name, "judge_digest": res.digest_after}
+        write_text_atomic(side, json.dumps({**settings, PENDING: mark}, indent=1))
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_text_atomic(side, json.dumps(after, indent=1))
+        res.written = True
         return res
-    # the mark first: an evaluation refuses these records until the settings name the judge that made them
-    mark = pending if isinstance(pending, dict) else {"judge": name, "judge_digest": res.digest_after}
-    write_text_atomic(side, json.dumps({**settings, PENDING: mark}, indent=1))
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_text_atomic(side, json.dumps(after, indent=1))
-    res.written = True
-    return res
 
 
 # ----------------------------------------------------------------------------- both
