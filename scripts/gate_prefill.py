@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -31,7 +32,9 @@ from eds.tune import TuneConfig
 
 
 def cached_states(lm, texts: list[str], layers: list[int], cache: Path) -> dict[int, torch.Tensor]:
-    key = hashlib.sha256("\n".join([lm.fingerprint.name, lm.dtype_name, str(layers), *texts]).encode()).hexdigest()
+    model = json.dumps(lm.fingerprint.to_dict(), sort_keys=True)  # the shape too, not the name alone
+    head = [model, lm.dtype_name, str(lm.device), lm.chat_texts(["<prompt>"])[0], str(layers)]
+    key = hashlib.sha256("\n".join([*head, *texts]).encode()).hexdigest()
     path = cache / f"{key[:16]}.safetensors"
     if path.exists():
         return {int(k): v for k, v in load_file(str(path)).items()}
