@@ -228,6 +228,8 @@ def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_f
     assert "reads states in bfloat16; the collections were made in float32" in res.output.replace("\n", " ")
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
     assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")
+    res = runner.invoke(app, [*train, "--dtype", "float32", "--out", str(tmp_path / "d")])  # the last-token gate
+    assert res.exit_code == 0 and "--dtype serve --gate-pool mean only: ignored" in res.output.replace("\n", " ")
     res = runner.invoke(app, [*train, "--gate-pool", "max"])
     assert res.exit_code == 2 and "unknown gate pooling" in res.output
     from eds.bundle import SteerSettings

@@ -1,11 +1,23 @@
 """oneDNN-packed linear layers: same outputs as nn.Linear, same model, reversible."""
 
+import copy
+import pickle
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
-from eds import models
-from eds.cpu_linear import PackedLinear, pack_linears, packed_count, packing_available, should_pack, unpack_linears
+from eds import cpu_linear, models
+from eds.cpu_linear import (
+    PackedLinear,
+    pack_linears,
+    packed_count,
+    packing_available,
+    repack_linears,
+    should_pack,
+    unpack_linears,
+)
 from eds.generate import generate
 from eds.testing import random_bundle, tiny_model
 
@@ -29,14 +41,44 @@ def test_packed_linear_matches_linear(bias):
     torch.testing.assert_close(lin(x), nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
 
 
+def test_the_packed_op_is_what_runs(monkeypatch):
+    lin = nn.Linear(8, 4).requires_grad_(False)
+    pack_linears(lin)
+    monkeypatch.setattr(cpu_linear, "F", SimpleNamespace(linear=lambda *a: pytest.fail("took the plain path")))
+    assert lin(torch.randn(2, 8)).shape == (2, 4)
+
+
 def test_packed_linear_keeps_gradients():
     lin = nn.Linear(8, 4)
     pack_linears(lin)
     x = torch.randn(2, 8, requires_grad=True)
     lin(x).sum().backward()  # the packed op has no backward: this must take the plain path
     assert x.grad is not None and lin.weight.grad is not None
-    lin.bfloat16()  # no longer float32: the plain path, in the new dtype
-    assert lin(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    lin.weight.requires_grad_(False)
+    lin.bias.grad = None
+    lin(torch.randn(2, 8)).sum().backward()  # the bias alone wants a gradient: still the plain path
+    assert lin.bias.grad is not None
+    lin.bfloat16()  # no longer float32: the plain path, in the new dtype, and the packed copy freed
+    assert lin(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16 and lin._packed is None
+
+
+def test_copies_and_data_edits():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8).requires_grad_(False)
+    x = torch.randn(3, 16)
+    pack_linears(lin)
+    want = lin(x)
+    for twin in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):  # the opaque copy stays behind
+        assert type(twin) is PackedLinear and twin._packed is None
+        torch.testing.assert_close(twin(x), want, rtol=1e-5, atol=1e-5)
+    lin.weight.data.mul_(3)  # no version counter sees this: repack_linears says so
+    assert repack_linears(lin) == 1
+    torch.testing.assert_close(lin(x), nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # weights made in inference mode keep no version counter
+        made = nn.Linear(16, 8)
+    pack_linears(made)
+    with torch.inference_mode():
+        torch.testing.assert_close(made(x), nn.functional.linear(x, made.weight, made.bias), rtol=1e-5, atol=1e-5)
 
 
 def test_packed_model_generates_the_same_and_unpacks():
@@ -80,5 +122,6 @@ def test_load_model_packs_float32_on_cpu(tmp_path, monkeypatch):
     tiny.tokenizer.save_pretrained(tmp_path)
     assert packed_count(models.load_model(str(tmp_path), dtype="float32", device="cpu").model) > 0
     assert packed_count(models.load_model(str(tmp_path), dtype="bfloat16", device="cpu").model) == 0
+    assert packed_count(models.load_model(str(tmp_path), dtype="auto", device="cpu").model) > 0  # saved in float32
     unpacked = models.load_model(str(tmp_path), dtype="float32", device="cpu", pack_linear=False)
     assert packed_count(unpacked.model) == 0

@@ -128,7 +128,8 @@ def build_model(name: str, args: argparse.Namespace, device: torch.device) -> tu
     if name.startswith("model:"):
         from eds.models import load_model
 
-        lm = load_model(name[len("model:") :], dtype=dtype, device=str(device), pack_linear=args.pack_linear == "auto")
+        pack = None if args.pack_linear == "auto" else False  # None: as load_model decides, EDS_PACK_LINEAR too
+        lm = load_model(name[len("model:") :], dtype=dtype, device=str(device), pack_linear=pack)
         model = lm.model
     else:
         from transformers import Qwen2Config
@@ -142,7 +143,7 @@ def build_model(name: str, args: argparse.Namespace, device: torch.device) -> tu
         except Exception as e:  # pragma: no cover - fallback for transformers that refuse
             print(f"  (building on the device failed: {e!r}; building on CPU)", flush=True)
             model = random_model(cfg, dtype=dtype, seed=args.seed).to(device)
-        if should_pack(device, dtype, args.pack_linear == "auto"):  # as load_model does
+        if should_pack(device, dtype, None if args.pack_linear == "auto" else False):  # as load_model does
             pack_linears(model)
     gc = model.generation_config
     gc.eos_token_id = None  # random weights: never stop early; every row decodes the full length

@@ -305,8 +305,8 @@ def train_cmd(
                 dtype=collection_dtype(col) if dtype == "default" else dtype,
                 device=device,
             )
-        elif model or device:
-            err.print("[yellow]--model and --device serve --gate-pool mean only: ignored[/]")
+        elif model or device or dtype != "default":
+            err.print("[yellow]--model, --device and --dtype serve --gate-pool mean only: ignored[/]")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,

@@ -561,7 +561,7 @@ def load_model(
     model.requires_grad_(False)  # ours, not the user's: no gradients are ever needed
     tok.padding_side = "left"
     model.to(dev)
-    if should_pack(dev, torch_dtype, pack_linear):
+    if should_pack(dev, next(model.parameters()).dtype, pack_linear):  # dtype "auto": the checkpoint's
         pack_linears(model)
     return LoadedModel.from_model(model, tok, name_or_path, layers_attr=layers_attr, system_prompt=system_prompt)
 

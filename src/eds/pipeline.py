@@ -119,11 +119,16 @@ def _reader(lm: LoadedModel) -> dict[str, str]:
     return {"model": lm.fingerprint.name, "dtype": lm.dtype_name, "device": str(lm.device)}
 
 
+def collection_dtypes(col: Collection) -> set[str]:
+    """The dtypes the collections' model ran in (not recorded before: bf16, then the default)."""
+    return {p.manifest.get("model_dtype", "bfloat16") for p in getattr(col, "parts", None) or [col]}
+
+
 def collection_dtype(col: Collection) -> str:
-    """The dtype the collections' model ran in, one for all (not recorded before: bf16, then the default)."""
-    dtypes = {p.manifest.get("model_dtype", "bfloat16") for p in getattr(col, "parts", None) or [col]}
+    """The one dtype the collections were made in (an error for several)."""
+    dtypes = collection_dtypes(col)
     if len(dtypes) > 1:
-        raise ValueError(f"the collections were made in different dtypes: {sorted(dtypes)}")
+        raise ValueError(f"the collections were made in different dtypes ({', '.join(sorted(dtypes))}): give --dtype")
     return dtypes.pop()
 
 
@@ -136,8 +141,11 @@ def _check_gate_model(col: Collection, lm: LoadedModel) -> None:
     for part in getattr(col, "parts", None) or [col]:
         if part.manifest.get("chat_format") not in (None, chat):
             raise ValueError(f"{part.path}: made with another chat format (system prompt or template) than the model's")
-    if (made_in := collection_dtype(col)) != lm.dtype_name:
-        console.print(f"[yellow]the gate reads states in {lm.dtype_name}; the collections were made in {made_in}[/]")
+    if (made_in := collection_dtypes(col)) != {lm.dtype_name}:
+        console.print(
+            f"[yellow]the gate reads states in {lm.dtype_name}; the collections were made in "
+            f"{', '.join(sorted(made_in))}[/]"
+        )
 
 
 def make_bundle(

@@ -252,6 +252,8 @@ def run_eval(
                     "bundle": result["bundle"],
                     "set": cfg.drift_set,
                     "limit": cfg.limit,
+                    "seed": cfg.seed,  # draws the prompts
+                    "max_new_tokens": cfg.drift_max_new_tokens,
                 }
                 section[arm] = _cached_section(
                     rec / "drift.json", key, lambda b=b, arm=arm: runners["drift"](lm, cfg, b, rec, arm)
