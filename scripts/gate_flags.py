@@ -56,6 +56,28 @@ def gate_logits(lm, bundle: EnergyBundle, prompts: list[str], batch_size: int = 
         return probe(states[bundle.gate_layer].to(lm.device)).tolist()
 
 
+def val_table(columns: list[tuple[str, list[bool]]], sources: dict[tuple[str, str], list[int]]) -> None:
+    """Print per val source (label, group) the share of harmful prompts each column flags and of benign
+    prompts it passes, then the mean over sources, as a markdown table."""
+    print("| val source | n | " + " | ".join(c for c, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for label, flagged in (("harmful", True), ("benign", False)):
+        keys = sorted(k for k in sources if k[0] == label)
+        for key in keys:
+            idx = sources[key]
+            cells = [f"{sum(f[i] == flagged for i in idx) / len(idx):.0%}" for _, f in columns]
+            print(f"| {key[1]} ({'flagged' if flagged else 'passed'}) | {len(idx)} | " + " | ".join(cells) + " |")
+        mean = [
+            sum(sum(f[i] == flagged for i in sources[k]) / len(sources[k]) for k in keys) / len(keys)
+            for _, f in columns
+        ]
+        print(
+            f"| **{label} {'flagged' if flagged else 'passed'}, mean over sources** | | "
+            + " | ".join(f"**{m:.1%}**" for m in mean)
+            + " |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, type=Path)

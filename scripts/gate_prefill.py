@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+from gate_flags import val_table
 from safetensors.torch import load_file, save_file
 
 from eds import load_model
@@ -104,23 +105,7 @@ def main() -> None:
             threshold = gate.by_recall[str(r)]["threshold"]
             columns.append((f"{name} (layer {gate.layer}) at {r}", (logits > threshold).tolist()))
     print()
-    print("| val source | n | " + " | ".join(c for c, _ in columns) + " |")
-    print("|---|---|" + "---|" * len(columns))
-    for label, flagged in (("harmful", True), ("benign", False)):
-        keys = sorted(k for k in sources if k[0] == label)
-        for key in keys:
-            idx = sources[key]
-            cells = [f"{sum(f[i] == flagged for i in idx) / len(idx):.0%}" for _, f in columns]
-            print(f"| {key[1]} ({'flagged' if flagged else 'passed'}) | {len(idx)} | " + " | ".join(cells) + " |")
-        mean = [
-            sum(sum(f[i] == flagged for i in sources[k]) / len(sources[k]) for k in keys) / len(keys)
-            for _, f in columns
-        ]
-        print(
-            f"| **{label} {'flagged' if flagged else 'passed'}, mean over sources** | | "
-            + " | ".join(f"**{m:.1%}**" for m in mean)
-            + " |"
-        )
+    val_table(columns, sources)
 
 
 if __name__ == "__main__":

@@ -226,10 +226,17 @@ def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_f
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--dtype", "bfloat16", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert "reads states in bfloat16; the collections were made in float32" in res.output.replace("\n", " ")
+    res = runner.invoke(app, [*train, "--gate-pool", "user", "--gate-layers", "1", "--out", str(tmp_path / "u")])
+    assert res.exit_code == 0, res.output
+    gate = json.loads((tmp_path / "u" / "bundle.json").read_text())["gate"]
+    assert gate["pool"] == "user" and "mean of the user's text" in res.output
+    from eds.models import load_model
+
+    assert tuple(gate["span"]) == load_model(str(model_folder)).template_span()  # the collections' format
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
     assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")
     res = runner.invoke(app, [*train, "--dtype", "float32", "--out", str(tmp_path / "d")])  # the last-token gate
-    assert res.exit_code == 0 and "--dtype serve --gate-pool mean only: ignored" in res.output.replace("\n", " ")
+    assert res.exit_code == 0 and "--dtype serve --gate-pool mean/user only: ignored" in res.output.replace("\n", " ")
     res = runner.invoke(app, [*train, "--gate-pool", "max"])
     assert res.exit_code == 2 and "unknown gate pooling" in res.output
     from eds.bundle import SteerSettings

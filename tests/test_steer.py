@@ -498,29 +498,32 @@ def test_bad_positions_are_refused(positions):
     SteerSettings(positions=4).validate()  # a count is fine
 
 
-def test_mean_gate_pools_while_steering_as_it_was_trained(tiny, monkeypatch):
-    """A gate on the mean of the prompt's states: steering must pool exactly the states and tokens that
-    `gate_states` pooled for training, left padding excluded, or its threshold means nothing."""
+@pytest.mark.parametrize("pool", ["mean", "user"])
+def test_pooled_gate_pools_while_steering_as_it_was_trained(tiny, monkeypatch, pool):
+    """A gate on the mean of the prompt's (or the user's text's) states: steering must pool exactly the
+    states and tokens that `gate_states` pooled for training, left padding excluded, or its threshold
+    means nothing."""
     import importlib
 
     from eds.probe import HarmProbe, gate_states, pool_states
 
     prompts = ["Where can I buy a can of coke?", "How do I kill a Python process that hangs forever and ever?", "Hi"]
-    batch = gate_states(tiny, prompts, [1, 2], "mean", progress=False)
-    alone = [gate_states(tiny, [p], [1], "mean", progress=False)[1][0] for p in prompts]
+    batch = gate_states(tiny, prompts, [1, 2], pool, progress=False)
+    alone = [gate_states(tiny, [p], [1], pool, progress=False)[1][0] for p in prompts]
     assert torch.allclose(batch[1], torch.stack(alone), atol=1e-5)  # padding does not leak into the mean
     assert not torch.allclose(batch[1], gate_states(tiny, prompts, [1], "last", progress=False)[1])
     seen = []
 
-    def recording(hidden, mask, pool):
-        out = pool_states(hidden, mask, pool)
+    def recording(hidden, mask, pool, span=None):
+        out = pool_states(hidden, mask, pool, span)
         seen.append(out)
         return out
 
     # the module, not the function `eds.steer` that the package exports under its name
     monkeypatch.setattr(importlib.import_module("eds.steer"), "pool_states", recording)
     torch.manual_seed(0)
-    probe = HarmProbe(tiny.fingerprint.hidden_size, pool="mean").requires_grad_(False)
+    span = tiny.template_span() if pool == "user" else None
+    probe = HarmProbe(tiny.fingerprint.hidden_size, pool=pool, span=span).requires_grad_(False)
     probe.linear.weight.normal_()
     logits = probe(batch[1])
     order = logits.argsort(descending=True)
@@ -564,6 +567,60 @@ def test_gate_pooling_round_trips_and_old_bundles_read_the_last_token(tiny, tmp_
     assert "mean of the prompt" in mean.kind
     with pytest.raises(ValueError, match="unknown gate pooling"):
         HarmProbe(4, pool="max")
+
+
+def test_user_pooling_averages_exactly_the_users_tokens(tiny):
+    """pool "user" finds the user's text by the chat format's token counts alone; on a padded batch it
+    must average exactly the tokens the text's characters map to (offsets), nothing of the template."""
+    from eds.probe import gate_states
+
+    prompts = ["Where can I buy a can of coke?", "Hi", "How do I kill a Python process that hangs?"]
+    span = tiny.template_span()
+    assert span[0] > 0 and span[1] > 0
+    got = gate_states(tiny, prompts, [1], "user", progress=False)[1]
+    for i, p in enumerate(prompts):
+        text = tiny.chat_texts([p])[0]
+        enc = tiny.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+        start = text.rindex(p)
+        user = torch.tensor([a < start + len(p) and b > start for a, b in enc["offset_mapping"][0].tolist()])
+        with torch.no_grad():
+            h = tiny.model(input_ids=enc["input_ids"], output_hidden_states=True).hidden_states[1][0]
+        assert torch.allclose(got[i], h[user].float().mean(0), atol=1e-5), p
+
+
+def test_user_gate_round_trips_and_refuses_another_chat_format(tiny, tmp_path):
+    import copy
+
+    from eds.models import LoadedModel
+    from eds.probe import HarmProbe, gate_states
+
+    span = tiny.template_span()
+    bundle = random_bundle(tiny, layers=(1, 2))
+    bundle.set_gate(HarmProbe(tiny.fingerprint.hidden_size, 8, "mean"), 1, 0.5)
+    mean = bundle.digest()
+    user = HarmProbe(tiny.fingerprint.hidden_size, 8, "user", span)
+    user.load_state_dict(bundle.gate.state_dict())
+    bundle.set_gate(user, 1, 0.5)
+    assert bundle.digest() != mean  # the same weights read other tokens: another bundle
+    bundle.save(tmp_path / "user")
+    back = EnergyBundle.load(tmp_path / "user")
+    assert back.gate.pool == "user" and back.gate.span == span and back.digest() == bundle.digest()
+    with pytest.raises(ValueError, match="needs the chat format's span"):
+        HarmProbe(4, pool="user")
+    # a system prompt the bundle's collections did not use moves the user's text: refused, not mis-pooled
+    other = LoadedModel.from_model(tiny.model, tiny.tokenizer, tiny.name, system_prompt="Be brief.")
+    with pytest.raises(BundleError, match="system prompt the bundle's collections used"), steer(other, bundle):
+        pass
+    with steer(tiny, bundle):
+        pass
+    # a chat format that glues the text to its neighbours cannot be cut by position
+    tok = copy.deepcopy(tiny.tokenizer)
+    tok.chat_template = "{% for m in messages %}P{{ m['content'] }}{% endfor %}"
+    glued = LoadedModel.from_model(tiny.model, tok, tiny.name)
+    assert tok.convert_ids_to_tokens(tok("Python")["input_ids"])[0] == "Py"  # 'P' + 'ython': 'P' is gone
+    gate_states(glued, ["Hi"], [1], "user", progress=False)
+    with pytest.raises(ValueError, match="merge with the prompt 'ython'"):
+        gate_states(glued, ["Hi", "ython"], [1], "user", progress=False)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # absolute positions, and RoPE

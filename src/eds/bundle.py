@@ -145,6 +145,8 @@ class EnergyBundle:
         }
         if self.gate is not None and self.gate.pool != "last":  # only then, so older bundles keep their digest
             meta["gate_pool"] = self.gate.pool
+        if self.gate is not None and self.gate.span is not None:
+            meta["gate_span"] = list(self.gate.span)
         if self.route_threshold is not None:  # only then, so two-way bundles keep their digest
             meta["route_threshold"] = self.route_threshold
         if self.refuse_thresholds:  # they decide routed steering in gated mode
@@ -282,6 +284,7 @@ class EnergyBundle:
                 "layer": self.gate_layer,
                 "width": self.gate.width,
                 "pool": self.gate.pool,
+                **({"span": list(self.gate.span)} if self.gate.span is not None else {}),
                 "threshold": self.gate_threshold,
                 "route_threshold": self.route_threshold,
                 "metrics": self.gate_metrics,
@@ -360,9 +363,15 @@ class EnergyBundle:
             g = cfg["gate"]
             try:
                 # bundles before widths: linear; before pooling: the last prompt token
-                probe = HarmProbe(fp.hidden_size, int(g.get("width", 0)), str(g.get("pool", "last")))
+                span = g.get("span")
+                probe = HarmProbe(
+                    fp.hidden_size,
+                    int(g.get("width", 0)),
+                    str(g.get("pool", "last")),
+                    None if span is None else (int(span[0]), int(span[1])),
+                )
                 probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
-            except (RuntimeError, ValueError) as e:
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
             bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
             if g.get("route_threshold") is not None:

@@ -263,16 +263,21 @@ def train_cmd(
         typer.Option(help="collection(s) the harmfulness gate also learns from (not the energy models)"),
     ] = None,
     gate_pool: Annotated[
-        str, typer.Option(help="what the gate reads: last (prompt token, from the collections) or mean (of the prompt)")
+        str,
+        typer.Option(
+            help="what the gate reads: last (prompt token, from the collections), mean (of the prompt) "
+            "or user (mean of the user's text alone)",
+        ),
     ] = "last",
     gate_layers: Annotated[
         str | None, typer.Option(help="layers the gate is chosen from (default: all up to the first steered)")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="for --gate-pool mean: the collections' model (default: theirs)")
+        str | None,
+        typer.Option("--model", "-m", help="for --gate-pool mean/user: the collections' model (default: theirs)"),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="for --gate-pool mean: the model's dtype (default: the collections')")
+        str, typer.Option(help="for --gate-pool mean/user: the model's dtype (default: the collections')")
     ] = "default",
     device: DeviceOpt = None,
     allow_test: Annotated[
@@ -306,7 +311,7 @@ def train_cmd(
                 device=device,
             )
         elif model or device or dtype != "default":
-            err.print("[yellow]--model, --device and --dtype serve --gate-pool mean only: ignored[/]")
+            err.print("[yellow]--model, --device and --dtype serve --gate-pool mean/user only: ignored[/]")
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,

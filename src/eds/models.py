@@ -461,6 +461,24 @@ class LoadedModel:
                 out.append((system + "\n\n" if system else "") + p + "\n")
         return out
 
+    def template_tokens(self, system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+        """The token ids the chat format puts before a single user turn's text (system message included)
+        and after it (the generation prompt included). Their counts (`template_span`) locate the user's
+        own tokens from shapes alone, so a gate pooling them (pool "user") needs no token ids while
+        steering."""
+        marker = "\x00eds-user-text\x00"
+        text = self.chat_texts([marker], system_prompt)[0]
+        if text.count(marker) != 1:
+            raise ValueError("the chat format does not hold the user's text once: it cannot be located")
+        before, after = text.split(marker)
+        ids = [self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in (before, after)]
+        return ids[0], ids[1]
+
+    def template_span(self, system_prompt: str | None = None) -> tuple[int, int]:
+        """How many tokens come before and after a single user turn's text (`template_tokens`)."""
+        before, after = self.template_tokens(system_prompt)
+        return len(before), len(after)
+
     def encode(self, prompts: list[str], system_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Left-padded batch of chat-formatted prompts, on the model's device: input ids and attention mask
         only (some tokenizers add token_type_ids, which decoder-only models' `generate` rejects)."""

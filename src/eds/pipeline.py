@@ -227,6 +227,7 @@ def make_bundle(
             config=train_cfg,
             states=states,
             pool=gate_pool,
+            span=lm.template_span(system_prompt_of(gcol)) if gate_pool == "user" and lm is not None else None,
         )
         bundle.set_gate(
             gate.probe,

@@ -31,20 +31,51 @@ GATE_WIDTH = 256
 #: (leave-one-category-out on the training collections, scripts/gate_loso.py) the mean at a middle
 #: layer sorted harmful from benign better (AUROC 0.92 against 0.87 for the last token): the last
 #: token carries the model's own refusal intent, which false refusals share with harmful requests.
-POOLS = ("last", "mean")
+#: "user" is the mean over the user's text alone: the chat format's system message and template
+#: tokens come before the request, so under causal attention their states are the same for every
+#: prompt, and in "mean" they swamp a short request (24 of a 35-token XSTest prompt's tokens for the
+#: default model).
+POOLS = ("last", "mean", "user")
 
 
-def pool_states(hidden: Tensor, mask: Tensor | None, pool: str) -> Tensor:
+def pool_states(hidden: Tensor, mask: Tensor | None, pool: str, span: tuple[int, int] | None = None) -> Tensor:
     """[B, T, H] states of a prompt (left-padded; `mask` [B, T], 1 = token, None = no padding) -> [B, H].
-    The mean is summed in float32 without a float32 copy of the whole prompt."""
+    `span` (pool "user"): the chat format's token counts before and after the user's text
+    (`LoadedModel.template_span`), masked out by position, with no token ids and no host sync. The
+    mean is summed in float32 without a float32 copy of the whole prompt."""
     if pool == "last":
         return hidden[:, -1, :]
-    if pool != "mean":
+    if pool not in POOLS:
         raise ValueError(f"unknown gate pooling {pool!r}; use one of {', '.join(POOLS)}")
-    if mask is None:
+    if pool == "mean" and mask is None:
         return hidden.sum(1, dtype=torch.float32) / hidden.shape[1]
-    m = mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+    t = hidden.shape[1]
+    keep = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
+    keep = keep.to(hidden.device)
+    if pool == "user":
+        if span is None:
+            raise ValueError("a 'user' pooling needs the chat format's span (LoadedModel.template_span)")
+        before, after = span
+        tokens_so_far = keep.long().cumsum(1)  # left padding first: a row's own tokens counted from its start
+        keep = keep & (tokens_so_far > before)
+        keep[:, max(t - after, 0) :] = False
+    m = keep.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1, dtype=torch.float32) / m.sum(1, dtype=torch.float32).clamp_min(1.0)
+
+
+def check_user_spans(lm: LoadedModel, prompts: Sequence[str], system_prompt: str | None) -> tuple[int, int]:
+    """The chat format's span (`LoadedModel.template_span`), after checking that every prompt's chat
+    text starts and ends with the template's own tokens, so that the span masks exactly the user's
+    text (a prompt whose edges merged with the template's would be pooled a token off)."""
+    head, tail = lm.template_tokens(system_prompt)
+    for p, text in zip(prompts, lm.chat_texts(list(prompts), system_prompt), strict=True):
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= len(head) + len(tail) or ids[: len(head)] != head or ids[len(ids) - len(tail) :] != tail:
+            raise ValueError(
+                f"the chat format's tokens merge with the prompt {p[:60]!r}: a 'user' gate cannot find its text "
+                "by position (use the 'mean' or 'last' pooling)"
+            )
+    return len(head), len(tail)
 
 
 def padding_mask(mask: Any, start: int, t: int) -> Tensor | None:
@@ -69,14 +100,17 @@ class HarmProbe(nn.Module):
     """p(harmful | h) = sigmoid(f((h - mean) / std)), f linear (width 0) or one SiLU hidden layer; h is
     the prompt's states at the gate layer pooled by `pool`."""
 
-    def __init__(self, hidden_size: int, width: int = 0, pool: str = "last"):
+    def __init__(self, hidden_size: int, width: int = 0, pool: str = "last", span: tuple[int, int] | None = None):
         super().__init__()
         if width < 0:
             raise ValueError(f"gate width must be >= 0, got {width}")
         if pool not in POOLS:
             raise ValueError(f"unknown gate pooling {pool!r}; use one of {', '.join(POOLS)}")
+        if (pool == "user") != (span is not None):
+            raise ValueError("a 'user' gate needs the chat format's span (tokens before and after the text), no other")
         self.width = width
         self.pool = pool
+        self.span = None if span is None else (int(span[0]), int(span[1]))
         self.hidden = nn.Linear(hidden_size, width) if width else None
         self.linear = nn.Linear(width or hidden_size, 1)
         self.register_buffer("mean", torch.zeros(hidden_size))
@@ -86,7 +120,8 @@ class HarmProbe(nn.Module):
     def kind(self) -> str:
         """What it is, for tables and logs: "linear" or "width N", and the pooling unless the last token."""
         kind = f"width {self.width}" if self.width else "linear"
-        return kind if self.pool == "last" else f"{kind}, {self.pool} of the prompt"
+        read = {"last": None, "mean": "mean of the prompt", "user": "mean of the user's text"}[self.pool]
+        return kind if read is None else f"{kind}, {read}"
 
     def forward(self, h: Tensor) -> Tensor:
         """Logit of harmfulness for states [..., H], float32."""
@@ -131,15 +166,16 @@ def fit_probe(
     *,
     width: int = 0,
     pool: str = "last",
+    span: tuple[int, int] | None = None,
     weight_decay: float = 1e-2,
     epochs: int = 300,
     seed: int = 0,
 ) -> HarmProbe:
     """Class-balanced logistic regression (or a one-hidden-layer classifier), full batch: a few
-    thousand states at most. `pool` only labels what `x` holds."""
+    thousand states at most. `pool` (and `span`) only label what `x` holds."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        probe = HarmProbe(x.shape[1], width, pool)
+        probe = HarmProbe(x.shape[1], width, pool, span)
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0).clamp_min(1e-4))
     pos_weight = (~harmful).sum() / harmful.sum().clamp_min(1)
@@ -178,11 +214,12 @@ def gate_states(
     layers = sorted(set(layers))
     if not layers or layers[0] < 0 or layers[-1] >= len(lm.layers):
         raise ValueError(f"gate layers must lie in 0..{len(lm.layers) - 1}, got {layers}")
+    span = check_user_spans(lm, prompts, system_prompt) if pool == "user" else None
     last, seen, out = layers[-1], {}, {layer: [] for layer in layers}
 
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            seen[layer] = pool_states(layer_input(args, kwargs), seen["mask"], pool).float()
+            seen[layer] = pool_states(layer_input(args, kwargs), seen["mask"], pool, span).float()
             if layer == last:
                 raise _Stop
 
@@ -219,12 +256,13 @@ def train_probe(
     config: TrainConfig | None = None,
     states: dict[int, Tensor] | None = None,
     pool: str | None = None,
+    span: tuple[int, int] | None = None,
 ) -> ProbeResult:
     """Fit a probe at each candidate layer, keep the best by validation AUROC, and set its threshold so
     that `harmful_recall` of the validation harmful prompts are caught (kept from steering).
 
     The probe reads the collection's last-prompt-token states, or `states` ({layer: [N, H]}, one row per
-    record, e.g. from `gate_states`) pooled by `pool`."""
+    record, e.g. from `gate_states`) pooled by `pool` (a "user" pooling with the chat format's `span`)."""
     cfg = config or TrainConfig()
     check_no_test(col.records, cfg)
     if states is not None:
@@ -242,7 +280,7 @@ def train_probe(
     table = []
     for layer in layers:
         h = states[layer] if states is not None else col.states(layer)[:, 0].float()
-        probe = fit_probe(h[tr], labels[tr], width=width, pool=pool, seed=cfg.seed)
+        probe = fit_probe(h[tr], labels[tr], width=width, pool=pool, span=span, seed=cfg.seed)
         with torch.no_grad():
             logits = probe(h[va])
         yv = labels[va]

@@ -260,6 +260,14 @@ def steer(
     probe = None
     if settings.harm_gate and bundle.gate_layer is not None:
         probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
+        if probe is not None and probe.span is not None and isinstance(lm, LoadedModel):
+            span = lm.template_span()
+            if span != probe.span:  # the gate would average template tokens or miss the request's
+                raise BundleError(
+                    f"this bundle's gate reads the user's text, found by position in a chat format with "
+                    f"{probe.span[0]} tokens before it and {probe.span[1]} after; this model's format has "
+                    f"{span[0]} and {span[1]}: load it with the system prompt the bundle's collections used"
+                )
     gate_threshold = bundle.gate_threshold
     # never below the gate threshold: a row goes one way, the other, or (three-way) neither
     route_threshold = gate_threshold if bundle.route_threshold is None else max(bundle.route_threshold, gate_threshold)
@@ -272,7 +280,7 @@ def steer(
                     "this bundle's gate pools the prompt, and the model was called without an attention mask "
                     "it can read: a padded batch would be pooled with its padding (pass attention_mask)"
                 )
-            logit = probe(pool_states(hidden, phase.mask, probe.pool))
+            logit = probe(pool_states(hidden, phase.mask, probe.pool, probe.span))
             phase.allow = logit <= gate_threshold
             if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
                 phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)

@@ -1,0 +1,192 @@
+"""Which read-out of the prompt a harmfulness gate should use: last token, mean, or mean of the user's text.
+
+`--gate-pool mean` averages every token of the chat-formatted prompt, the system prompt and template
+included. Those tokens come before the request, so under causal attention their states are the same
+for every prompt: the mean is then a blend of one constant and the request, weighted by the request's
+length, and a short request (XSTest, OKTest) is mostly constant. `user` (`--gate-pool user`) averages
+the tokens of the user's text alone: the template's fixed token counts before and after it are masked
+out by position, as steering does (checked per prompt against the template's own tokens).
+
+From one forward per batch this reads all three at each `--layer`, on prompts only (no generation:
+a gate learns from prompts and dataset labels), and reports two things per pooling and layer:
+- leave one `contrast` type out (and `tense_contrast`, apart), train prompts only: AUROC on the unseen
+  type, and at the threshold set on the held-out fifth the share of its benign prompts passed and of
+  its harmful ones flagged (as scripts/gate_loso.py, without the base-refusal column: no replies here);
+- on the tune's val sets plus `tense_val`, the gate trained on all train prompts: per source the
+  share of harmful flagged and benign passed at each recall.
+States are cached under `--cache` per prompt set. Run from the repository root, e.g.
+    python scripts/gate_pools.py --layer 10 --layer 13 --layer 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from gate_flags import val_table
+from gate_loso import TENSE, TYPED, TYPES
+from rich.progress import track
+from safetensors.torch import load_file, save_file
+
+from eds import load_model
+from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, load_many
+from eds.energy import auroc
+from eds.evaluate import labelled_prompts
+from eds.models import LoadedModel, layer_input
+from eds.probe import GATE_WIDTH, POOLS, check_user_spans, fit_probe, pool_states, threshold_for
+from eds.train import TrainConfig, split_rows
+from eds.tune import TuneConfig
+
+
+class _Stop(Exception):
+    pass
+
+
+def pooled_states(lm: LoadedModel, prompts: list[str], layers: list[int], bs: int = 16) -> dict[str, torch.Tensor]:
+    """{f'{pool}.{layer}': [N, H] float32} for every pooling, from one forward per batch, pooled by the
+    function steering uses (`eds.probe.pool_states`; the user's text found by the template's span)."""
+    last, seen = max(layers), {}
+    span = check_user_spans(lm, prompts, None)
+    out: dict[str, list[torch.Tensor]] = {f"{p}.{layer}": [] for p in POOLS for layer in layers}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            h = layer_input(args, kwargs)
+            for pool in POOLS:
+                seen[f"{pool}.{layer}"] = pool_states(h, seen["att"], pool, span).float()
+            if layer == last:
+                raise _Stop
+
+        return hook
+
+    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    try:
+        for i in track(range(0, len(prompts), bs), description=f"states of {len(prompts)} prompts"):
+            enc = lm.encode(prompts[i : i + bs])
+            seen["att"] = enc["attention_mask"]
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+            try:
+                with torch.inference_mode():
+                    lm.model(**enc, position_ids=positions, use_cache=False)
+            except _Stop:
+                pass
+            for key in out:
+                out[key].append(seen[key].cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) -> dict[str, torch.Tensor]:
+    head = [json.dumps(lm.fingerprint.to_dict(), sort_keys=True), lm.dtype_name, str(lm.device)]
+    head += [lm.chat_texts(["<prompt>"])[0], str(sorted(layers)), "pools:" + ",".join(POOLS)]
+    key = hashlib.sha256("\n".join([*head, *prompts]).encode()).hexdigest()[:16]
+    path = cache / f"{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    states = pooled_states(lm, prompts, sorted(layers))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in states.items()}, str(tmp))
+    tmp.replace(path)
+    return states
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layer", type=int, action="append", required=True)
+    ap.add_argument("--recall", type=float, action="append", help="default 0.9 and 0.95")
+    ap.add_argument("--pool", action="append", choices=POOLS, help="default: all three")
+    ap.add_argument("--dtype", default="default")
+    ap.add_argument("--cache", type=Path, default=Path("runs/gate-pools-cache"))
+    args = ap.parse_args()
+    recalls, pools, layers = args.recall or [0.9, 0.95], args.pool or list(POOLS), sorted(set(args.layer))
+    lm = load_model(dtype=args.dtype)
+    cfg = TrainConfig()
+
+    # train prompts: the sixth bundle's gate data, one cache entry per spec, de-duplicated by text
+    seen: set[str] = set()
+    recs, parts = [], []
+    for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE):
+        prompts = load_many([spec], seed=0)
+        states = cached(lm, [p.prompt for p in prompts], layers, args.cache)
+        keep = [i for i, p in enumerate(prompts) if not (p.prompt in seen or seen.add(p.prompt))]
+        recs += [
+            {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
+            for p in (prompts[i] for i in keep)
+        ]
+        parts.append({k: v[keep] for k, v in states.items()})
+    train = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    harmful = torch.tensor([r["label"] == "harmful" for r in recs])
+    tr_all, va_all = split_rows(recs, cfg)
+    kinds = {**TYPES, **TENSE}
+    kind = [
+        next((t for t, c in kinds.items() if r["category"] in c), None) if r["dataset"] in TYPED else None for r in recs
+    ]
+    left_out = {t: out for t in kinds if (out := torch.tensor([k == t for k in kind])).any()}
+    folds = {
+        t: (torch.tensor([i for i in tr_all if not out[i]]), torch.tensor([i for i in va_all if not out[i]]))
+        for t, out in left_out.items()
+    }
+    print(f"{len(recs)} train prompts ({int(harmful.sum())} harmful); dtype {lm.dtype_name}")
+
+    print("\n## Leave one type out (train prompts only)\n")
+    print(
+        "| pool | layer | left out | AUROC, unseen | "
+        + " | ".join(f"{r}: benign passed | harmful flagged" for r in recalls)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|---|" * len(recalls))
+    for pool in pools:
+        for layer in layers:
+            x = train[f"{pool}.{layer}"]
+            res = {}
+            for t, (tr, va) in folds.items():
+                probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=cfg.seed)
+                with torch.no_grad():
+                    lo = probe(x)
+                res[t] = (lo, {r: threshold_for(lo[va], harmful[va], r)["threshold"] for r in recalls})
+            for label, group in (("contrast types", TYPES), ("tense questions", TENSE)):
+                done = [t for t in group if t in res]
+                aucs = [float(auroc(res[t][0][left_out[t]], harmful[left_out[t]])) for t in done]
+                cells = []
+                for r in recalls:
+                    b = h = nb = nh = 0
+                    for t in done:
+                        out, (lo, th) = left_out[t], res[t]
+                        flag = lo > th[r]
+                        b += int((~flag[out & ~harmful]).sum())
+                        nb += int((out & ~harmful).sum())
+                        h += int(flag[out & harmful].sum())
+                        nh += int((out & harmful).sum())
+                    cells += [f"{b}/{nb} ({b / max(nb, 1):.0%})", f"{h}/{nh} ({h / max(nh, 1):.0%})"]
+                print(f"| {pool} | {layer} | {label} | {sum(aucs) / len(aucs):.3f} | " + " | ".join(cells) + " |")
+
+    print("\n## Val sets (gate trained on all train prompts, thresholds on the held-out fifth)\n")
+    sets = [*TuneConfig().val_sets, *(["tense_val:val"] if "tense_val:val" not in TuneConfig().val_sets else [])]
+    pairs = labelled_prompts(sets)
+    val = cached(lm, [p.prompt for _, p in pairs], layers, args.cache)
+    sources: dict[tuple[str, str], list[int]] = {}
+    for i, (group, p) in enumerate(pairs):
+        sources.setdefault((p.label, group), []).append(i)
+    tr, va = torch.tensor(tr_all), torch.tensor(va_all)
+    columns = []
+    for pool in pools:
+        for layer in layers:
+            x = train[f"{pool}.{layer}"]
+            probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=cfg.seed)
+            with torch.no_grad():
+                held, lo = probe(x[va]), probe(val[f"{pool}.{layer}"])
+            a = float(auroc(held, harmful[va]))
+            for r in recalls:
+                th = threshold_for(held, harmful[va], r)["threshold"]
+                columns.append((f"{pool}@{layer} {r} (held-out AUROC {a:.3f})", (lo > th).tolist()))
+    val_table(columns, sources)
+
+
+if __name__ == "__main__":
+    main()
