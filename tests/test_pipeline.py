@@ -56,6 +56,13 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(replace(cfg, gate_data=()), lm=tiny)
+    with pytest.raises(Retrained):  # a gate that reads the user's text, or from other layers
+        run(replace(cfg, gate_pool="user"), lm=tiny)
+    with pytest.raises(Retrained):
+        run(replace(cfg, gate_layers=(9,)), lm=tiny)
+    with pytest.raises(ValueError, match="unknown gate pooling"):
+        run(replace(cfg, gate_pool="max", out=str(tmp_path / "none")), lm=tiny)
+    assert not (tmp_path / "none" / "collect").exists()  # refused before collecting
     # ... and so is a bundle whose collection was relabelled (`eds rejudge`) since it was trained
     monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
     run(cfg, lm=tiny)  # the gate-data run above raised before saving: the bundle on disk is still current

@@ -694,6 +694,12 @@ def run_cmd(
     gate_data: Annotated[
         bool, typer.Option(help="the gate also learns the recipe's gate-only prompts (tense questions)")
     ] = True,
+    gate_pool: Annotated[
+        str, typer.Option(help="what the gate reads: last (prompt token), mean (of the prompt), user (of its text)")
+    ] = "last",  # RunConfig.gate_pool
+    gate_layers: Annotated[
+        str | None, typer.Option(help="layers the gate is chosen from (default: all up to the first steered)")
+    ] = None,
     dtype: DtypeOpt = "default",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
@@ -713,12 +719,15 @@ def run_cmd(
         route=route and harm_gate,
         positions=positions,
         dtype=dtype,
+        gate_pool=gate_pool,
     )
     if not gate_data:
         cfg.gate_data = ()
     if eta:
         cfg.etas = tuple(eta)
     try:
+        if gate_layers:
+            cfg.gate_layers = tuple(_parse_layers(gate_layers))
         run(cfg)
     except (CollectionError, TrainError, BundleError, DataError, ValueError) as e:
         _fail(str(e))

@@ -58,6 +58,8 @@ class RunConfig:
     route: bool = True
     gate_recall: float = 0.95  # what `eds tune` chose on val for the sixth bundle (docs/results.md)
     gate_width: int = GATE_WIDTH  # 0: a linear gate
+    gate_pool: str = "last"  # what the gate reads (probe.POOLS): the last prompt token, or a mean
+    gate_layers: tuple[int, ...] | None = None  # the gate is chosen among these (default: up to the first steered)
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
         "orbench_hard:val:60",
@@ -273,6 +275,8 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     from .tune import TuneConfig, tune
 
     cfg = cfg or RunConfig()
+    if cfg.harm_gate and cfg.gate_pool not in POOLS:  # before an hour of collection
+        raise ValueError(f"unknown gate pooling {cfg.gate_pool!r}; use one of {', '.join(POOLS)}")
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +312,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     wanted = {
         "train": json.loads(json.dumps(asdict(tcfg))),
         "gate": gate,
-        "gate pool": "last" if cfg.harm_gate else None,  # `eds train --gate-pool` makes others
+        "gate pool": cfg.gate_pool if cfg.harm_gate else None,
         "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
         "labels": labels_digest(col.records),  # `eds rejudge` may have moved labels since
@@ -327,6 +331,8 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         }
         if made != wanted:
             raise BundleError(f"made with other settings ({', '.join(k for k in wanted if made[k] != wanted[k])})")
+        if cfg.harm_gate and cfg.gate_layers is not None and bundle.gate_layer not in cfg.gate_layers:
+            raise BundleError(f"made with a gate at layer {bundle.gate_layer}, not among {list(cfg.gate_layers)}")
         if cfg.harm_gate:  # the threshold asked for now, from those stored at training
             bundle = bundle.with_gate_recall(cfg.gate_recall)
         console.print(f"reusing {bundle_dir} (layers {bundle.layers})")
@@ -342,6 +348,9 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             gate_width=cfg.gate_width,
             route=cfg.route,
             gate_col=gate_col,
+            gate_pool=cfg.gate_pool,
+            gate_layers=cfg.gate_layers,
+            lm=lm,
         )
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
