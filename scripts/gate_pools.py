@@ -96,11 +96,23 @@ def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) 
     return states
 
 
+#: the last token's and the user's text's states side by side: one gate that can use either
+CONCAT = "last+user"
+
+
+def with_concat(states: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
+    return states | {
+        f"{CONCAT}.{layer}": torch.cat([states[f"last.{layer}"], states[f"user.{layer}"]], 1) for layer in layers
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layer", type=int, action="append", required=True)
     ap.add_argument("--recall", type=float, action="append", help="default 0.9 and 0.95")
-    ap.add_argument("--pool", action="append", choices=POOLS, help="default: all three")
+    ap.add_argument("--pool", action="append", choices=[*POOLS, CONCAT], help="default: the three poolings")
+    ap.add_argument("--set", action="append", help="val sets (default: the tune's and tense_val)")
+    ap.add_argument("--no-loso", action="store_true", help="val sets only")
     ap.add_argument("--dtype", default="default")
     ap.add_argument("--cache", type=Path, default=Path("runs/gate-pools-cache"))
     args = ap.parse_args()
@@ -120,7 +132,7 @@ def main() -> None:
             for p in (prompts[i] for i in keep)
         ]
         parts.append({k: v[keep] for k, v in states.items()})
-    train = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    train = with_concat({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, layers)
     harmful = torch.tensor([r["label"] == "harmful" for r in recs])
     tr_all, va_all = split_rows(recs, cfg)
     kinds = {**TYPES, **TENSE}
@@ -134,14 +146,18 @@ def main() -> None:
     }
     print(f"{len(recs)} train prompts ({int(harmful.sum())} harmful); dtype {lm.dtype_name}")
 
-    print("\n## Leave one type out (train prompts only)\n")
-    print(
-        "| pool | layer | left out | AUROC, unseen | "
-        + " | ".join(f"{r}: benign passed | harmful flagged" for r in recalls)
-        + " |"
-    )
-    print("|---|---|---|---|" + "---|---|" * len(recalls))
-    for pool in pools:
+    if args.no_loso:
+        pools_loso: list[str] = []
+    else:
+        pools_loso = pools
+        print("\n## Leave one type out (train prompts only)\n")
+        print(
+            "| pool | layer | left out | AUROC, unseen | "
+            + " | ".join(f"{r}: benign passed | harmful flagged" for r in recalls)
+            + " |"
+        )
+        print("|---|---|---|---|" + "---|---|" * len(recalls))
+    for pool in pools_loso:
         for layer in layers:
             x = train[f"{pool}.{layer}"]
             res = {}
@@ -167,9 +183,12 @@ def main() -> None:
                 print(f"| {pool} | {layer} | {label} | {sum(aucs) / len(aucs):.3f} | " + " | ".join(cells) + " |")
 
     print("\n## Val sets (gate trained on all train prompts, thresholds on the held-out fifth)\n")
-    sets = [*TuneConfig().val_sets, *(["tense_val:val"] if "tense_val:val" not in TuneConfig().val_sets else [])]
+    sets = args.set or [
+        *TuneConfig().val_sets,
+        *(["tense_val:val"] if "tense_val:val" not in TuneConfig().val_sets else []),
+    ]
     pairs = labelled_prompts(sets)
-    val = cached(lm, [p.prompt for _, p in pairs], layers, args.cache)
+    val = with_concat(cached(lm, [p.prompt for _, p in pairs], layers, args.cache), layers)
     sources: dict[tuple[str, str], list[int]] = {}
     for i, (group, p) in enumerate(pairs):
         sources.setdefault((p.label, group), []).append(i)
