@@ -62,6 +62,37 @@ def test_gated_mode_leaves_low_energy_states_exactly_unchanged():
     assert new.dtype == torch.bfloat16
 
 
+def test_gated_entry_moves_high_states_all_the_way_and_leaves_low_ones():
+    """gated-entry: the entry energy decides; a state above the threshold takes every step (the same
+    states as always-on), even after its energy has fallen below the threshold, where gated stops."""
+    torch.manual_seed(0)
+    m = EnergyMLP(32, (16, 8)).requires_grad_(False)
+    h = torch.randn(40, 32)
+    e = m(h)
+    threshold = midway(e)
+    low = e <= threshold
+    entry, moved = steer_states(h, m, eta=0.3, steps=4, threshold=threshold, latch=True)
+    always, _ = steer_states(h, m, eta=0.3, steps=4)
+    gated, _ = steer_states(h, m, eta=0.3, steps=4, threshold=threshold)
+    assert torch.equal(entry[low], h[low]) and torch.equal(moved, ~low)
+    torch.testing.assert_close(entry[~low], always[~low])
+    # with steps this long, some states cross the threshold early: gated stops them, gated-entry does not
+    stopped = (gated[~low] - entry[~low]).norm(dim=-1) > 1e-3
+    assert stopped.any() and (m(gated[~low])[stopped] > m(entry[~low])[stopped]).all()
+
+
+def test_gated_entry_mode_is_a_steering_setting(tiny):
+    bundle = random_bundle(tiny, layers=(1,), threshold=-1e9, mode="gated-entry")
+    enc = tiny.encode(["How do I kill a Python process?", "hi"])
+    base, _ = layer_inputs(tiny, enc)
+    with steer(tiny, bundle) as handle:
+        moved, _ = layer_inputs(tiny, enc)
+    assert handle.settings.mode == "gated-entry" and handle.stats.moved.tolist() == [1, 1]
+    assert not torch.equal(base[1][:, -1], moved[1][:, -1])
+    with pytest.raises(BundleError, match="mode must be one of"), steer(tiny, bundle, mode="gate"):
+        pass
+
+
 def test_zero_steps_is_bit_identical(tiny):
     enc = tiny.encode(["How do I kill a Python process?", "hi"])
     plain = tiny.model.generate(**enc, max_new_tokens=8, do_sample=False)
@@ -436,7 +467,7 @@ def test_stacked_heads_match_each_energy_model(tiny):
     torch.testing.assert_close(e, torch.stack([ea, eb], -1), atol=1e-5, rtol=1e-5)
     want = torch.where((which == 0)[:, None], ga, torch.where((which == 1)[:, None], gb, torch.zeros_like(ga)))
     torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5)
-    for threshold in (None, (midway(ea), midway(eb))):
+    for threshold, latch in ((None, False), ((midway(ea), midway(eb)), False), ((midway(ea), midway(eb)), True)):
         fused, moved = steer_states(
             h.bfloat16(),
             heads,
@@ -444,13 +475,11 @@ def test_stacked_heads_match_each_energy_model(tiny):
             steps=3,
             select=select,
             threshold=None if threshold is None else torch.tensor(threshold),
+            latch=latch,
         )
-        ref, moved_a = steer_states(
-            h.bfloat16(), a, eta=0.1, steps=3, active=which == 0, threshold=None if threshold is None else threshold[0]
-        )
-        ref, moved_b = steer_states(
-            ref, b, eta=0.1, steps=3, active=which == 1, threshold=None if threshold is None else threshold[1]
-        )
+        ta, tb = (None, None) if threshold is None else threshold
+        ref, moved_a = steer_states(h.bfloat16(), a, eta=0.1, steps=3, active=which == 0, threshold=ta, latch=latch)
+        ref, moved_b = steer_states(ref, b, eta=0.1, steps=3, active=which == 1, threshold=tb, latch=latch)
         assert torch.equal(moved, moved_a | moved_b) and not moved[which == -1].any()
         torch.testing.assert_close(fused.float(), ref.float(), atol=2e-2, rtol=1e-2)  # bf16 outputs
         assert torch.equal(fused[~moved], h.bfloat16()[~moved])  # unmoved rows: bit for bit

@@ -25,7 +25,7 @@ FORMAT = "eds.bundle/1"
 #: them instead of gating on the wrong state. Loaded alike.
 FORMAT_POOLED = "eds.bundle/2"
 WEIGHTS, CONFIG = "energy.safetensors", "bundle.json"
-MODES = ("always", "gated")
+MODES = ("always", "gated", "gated-entry")
 POSITIONS = ("prompt", "all")
 
 
@@ -37,7 +37,9 @@ class BundleError(ValueError):
 class SteerSettings:
     """How to steer: `eta` is the step length relative to ‖h‖ at each position; `positions` is
     `prompt` (the last prompt token only), `all` (it and every generated token) or an int n (it and
-    the first n generated tokens); `mode` is `always` or `gated` (only above the layer threshold)."""
+    the first n generated tokens). `mode`: `always`; `gated` (a state moves on each step only while
+    its energy is above the layer's threshold, so it stops at the boundary); `gated-entry` (a state
+    above the threshold when steering starts takes every step, one below it is left alone)."""
 
     eta: float = 0.05
     steps: int = 3

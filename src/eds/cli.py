@@ -252,7 +252,7 @@ def train_cmd(
     temperature: Annotated[float, typer.Option(help="InfoNCE temperature")] = 1.0,
     eta: Annotated[float, typer.Option(help="default step length, relative to |h|")] = 0.05,
     steps: Annotated[int, typer.Option(help="default gradient steps per position")] = 3,
-    mode: Annotated[str, typer.Option(help="default steering mode: always, gated")] = "always",
+    mode: Annotated[str, typer.Option(help="default steering mode: always, gated, gated-entry")] = "always",
     harm_gate: Annotated[bool, typer.Option(help="add a harmfulness gate (sequences it flags are not steered)")] = True,
     gate_width: Annotated[int, typer.Option(min=0, help="hidden width of the gate (0: linear)")] = 256,  # GATE_WIDTH
     route: Annotated[
@@ -367,7 +367,7 @@ def _parse_layers(spec: str) -> tuple[int, ...]:
 
 EtaOpt = Annotated[float | None, typer.Option(help="step length relative to |h| (default: bundle's)")]
 StepsOpt = Annotated[int | None, typer.Option(help="gradient steps per position (default: bundle's)")]
-ModeOpt = Annotated[str | None, typer.Option(help="always or gated (default: bundle's)")]
+ModeOpt = Annotated[str | None, typer.Option(help="always, gated or gated-entry (default: bundle's)")]
 
 
 def _load_for_steering(model: str, bundle_path: Path | None, dtype: str, device: str | None, system_prompt: str | None):
@@ -536,7 +536,7 @@ def tune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="records, tune.json and tradeoff.png")] = Path("runs/tune"),
     eta: Annotated[list[float] | None, typer.Option(help="η values to try (repeatable)")] = None,
     steps: Annotated[list[int] | None, typer.Option(help="step counts to try (repeatable)")] = None,
-    mode: Annotated[list[str] | None, typer.Option(help="always and/or gated (repeatable)")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="always, gated, gated-entry (repeatable)")] = None,
     top_k: Annotated[list[int] | None, typer.Option(help="use the bundle's k best layers (repeatable)")] = None,
     layers: Annotated[
         list[str] | None, typer.Option(help="a layer set to try, e.g. 18,19,22 (repeatable; replaces --top-k)")
@@ -687,7 +687,7 @@ def run_cmd(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="prompts to collect (recipe mixture, train splits)")] = 600,
     eta: Annotated[list[float] | None, typer.Option(help="η values to try on val (repeatable)")] = None,
-    mode: Annotated[str, typer.Option(help="always or gated")] = "always",
+    mode: Annotated[str, typer.Option(help="always, gated or gated-entry")] = "always",
     harm_gate: Annotated[bool, typer.Option(help="train and use a harmfulness gate")] = True,
     route: Annotated[bool, typer.Option(help="steer rows the gate flags toward refusal (refuse models)")] = True,
     positions: Annotated[str, typer.Option(help="energy training states: prompt, gen, all")] = "prompt",

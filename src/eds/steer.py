@@ -33,10 +33,12 @@ def steer_states(
     threshold: float | Tensor | None = None,
     active: Tensor | None = None,
     select: Tensor | None = None,
+    latch: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Take `steps` steps of h <- h - eta*‖h‖ * dE/dh / ‖dE/dh‖ on states [N, H].
 
-    `threshold` (gated mode): a state moves on a step only while its energy is above it.
+    `threshold` (gated mode): a state moves on a step only while its energy is above it; with `latch`
+    (gated-entry mode) the first step's energy decides, and a state above it takes every step.
     `active` [N] bool: states that may move at all. With several energy models as one `FrozenHeads`
     (routing), `select` [N, heads] one-hot says which head moves each row (no head: the row stays) and
     `threshold` is a [heads] tensor. Returns (new states in h's dtype, moved [N] bool); states that did
@@ -52,7 +54,7 @@ def steer_states(
         if threshold is not None:  # each row's threshold is its head's (one number: the same for every head)
             per_head = torch.as_tensor(threshold, dtype=sel.dtype, device=sel.device).expand(sel.shape[-1])
             threshold = sel @ per_head
-    return _descend(net, h, eta, steps, threshold, allowed, sel)
+    return _descend(net, h, eta, steps, threshold, allowed, sel, latch)
 
 
 def _descend(
@@ -63,6 +65,7 @@ def _descend(
     threshold: float | Tensor | None,
     allowed: Tensor | None,
     sel: Tensor | None,
+    latch: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The descent, carried out in the space of the first layer's pre-activations z1 = W1 x + b1.
 
@@ -78,6 +81,7 @@ def _descend(
     total = torch.zeros_like(z1)  # Σ_k s_k u_k
     masked = threshold is not None or allowed is not None
     moved = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device) if masked else None
+    go = None
     for _ in range(steps):
         a, pre = mlp_hidden(F.silu(z1), w[1:], b[1:])  # the layers after the first
         g = mlp_backward(w[-1].expand(a.shape[0], -1) if sel is None else sel @ w[-1], w[1:], pre)
@@ -85,10 +89,11 @@ def _descend(
         v = u @ net.gram  # (dE/dx) W1ᵀ
         s = size * torch.linalg.vecdot(u, v).unsqueeze(-1).clamp_min(1e-24).rsqrt()  # η‖h‖ / ‖dE/dx‖
         if moved is not None:
-            go = torch.ones_like(moved) if allowed is None else allowed
-            if threshold is not None:
-                e = torch.addmm(b[-1], a, w[-1].t())
-                go = go & ((e.squeeze(-1) if sel is None else (e * sel).sum(-1)) > threshold)
+            if go is None or not latch:  # latched: the first step's decision holds for the rest
+                go = torch.ones_like(moved) if allowed is None else allowed
+                if threshold is not None:
+                    e = torch.addmm(b[-1], a, w[-1].t())
+                    go = go & ((e.squeeze(-1) if sel is None else (e * sel).sum(-1)) > threshold)
             s = s * go.unsqueeze(-1)
             moved = moved | go
         z1 = torch.addcmul(z1, v, s, value=-1.0)
@@ -225,11 +230,13 @@ def steer(
 
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
-        gate = threshold if settings.mode == "gated" else None
+        gated = settings.mode in ("gated", "gated-entry")
+        latch = settings.mode == "gated-entry"
+        gate = threshold if gated else None
         stacked = heads.get(layer)
         head_gates = (
             torch.tensor([threshold, bundle.refuse_thresholds[layer]], device=stacked.weights[0].device)
-            if stacked is not None and settings.mode == "gated"
+            if stacked is not None and gated
             else None
         )
 
@@ -239,10 +246,10 @@ def steer(
             hidden = layer_input(args, kwargs)
             last = hidden[:, -1, :]
             if stacked is not None and phase.select is not None:  # routed: each row by its own head
-                model, kw = stacked, {"threshold": head_gates, "select": phase.select.to(last.device)}
+                model, kw = stacked, {"threshold": head_gates, "select": phase.select.to(last.device), "latch": latch}
             else:
                 active = None if phase.allow is None else phase.allow.to(last.device)
-                model, kw = energy, {"threshold": gate, "active": active}
+                model, kw = energy, {"threshold": gate, "active": active, "latch": latch}
             new_last, moved = steer_states(last, model, eta=settings.eta, steps=settings.steps, **kw)
             if phase.stats.moved is not None:
                 phase.stats.moved += moved.to(phase.stats.moved.device)
