@@ -241,8 +241,9 @@ def test_positions_candidates_keep_the_old_names_and_reach_steer(tiny):
 
 def test_tune_checks_positions_tie_and_capability_before_generating(tmp_path, tiny):
     bad = [{"positions": ("x",)}, {"tie": -0.01}, {"capability_prompts": -1}, {"capability_tokens": 0}]
+    bad.append({"modes": ("always", "gated-entry", "gate")})
     for kw in bad:
-        with pytest.raises(ValueError, match=r"positions|tie"):
+        with pytest.raises(ValueError, match=r"positions|tie|mode must be one of"):
             tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=("advbench:val:2",), **kw))
     assert not (tmp_path / "base.jsonl").exists()
 

@@ -279,6 +279,8 @@ def tune(
     for positions in cfg.positions:
         if positions is not None:
             SteerSettings(positions=positions).validate()
+    for mode in cfg.modes:  # a typo fails now, not after the base run
+        SteerSettings(mode=mode).validate()
     cands = candidates(cfg, bundle)  # a layer set the bundle lacks fails here, before any generation
     code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
