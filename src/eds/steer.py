@@ -65,7 +65,7 @@ def _descend(
     threshold: float | Tensor | None,
     allowed: Tensor | None,
     sel: Tensor | None,
-    latch: bool = False,
+    latch: bool,
 ) -> tuple[Tensor, Tensor]:
     """The descent, carried out in the space of the first layer's pre-activations z1 = W1 x + b1.
 
@@ -228,10 +228,11 @@ def steer(
         phase.steering = settings.steps > 0 and (j < 0 or limit is None or j < limit)
         phase.stats.positions += phase.steering
 
+    gated = settings.mode in ("gated", "gated-entry")
+    latch = settings.mode == "gated-entry"  # the entry energy decides for every step
+
     def make_layer_hook(layer: int):
         energy, threshold = energies[layer], bundle.thresholds[layer]
-        gated = settings.mode in ("gated", "gated-entry")
-        latch = settings.mode == "gated-entry"
         gate = threshold if gated else None
         stacked = heads.get(layer)
         head_gates = (
