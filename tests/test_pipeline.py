@@ -45,6 +45,10 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     again = run(cfg, lm=tiny)
     assert again.chosen == res.chosen
     assert (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n") == lines
+    # gate thresholds tried on val come from the bundle as trained (no retraining), one candidate each
+    gated = run(replace(cfg, etas=(0.05,), gate_recalls=(0.9, 0.99)), lm=tiny)
+    assert sorted(r["setting"]["gate_recall"] for r in gated.tuning) == [0.9, 0.99]
+    assert (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n") == lines
 
     # ... but a gate that should not (or should differently) learn the gate-only prompts is retrained
     class Retrained(Exception):
@@ -84,3 +88,31 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(cfg, lm=tiny)
+
+
+def test_main_job_passes_a_three_way_gate_to_the_tune(tmp_path, tiny, monkeypatch):
+    """route_recalls without gate_recalls: the three-way gate's answer side is the trained threshold."""
+    import eds.tune
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(lm, bundle, cfg, **kw):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(eds.tune, "tune", fake_tune)
+    cfg = RunConfig(
+        out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, max_new_tokens=2, route_recalls=(0.9,)
+    )
+    with pytest.raises(Stop):
+        run(cfg, lm=tiny)
+    assert seen[-1].gate_recall == (cfg.gate_recall,) and seen[-1].route_recall == (0.9,)
+    with pytest.raises(Stop):
+        run(replace(cfg, route_recalls=(None,)), lm=tiny)
+    assert seen[-1].gate_recall == (None,) and seen[-1].route_recall == (None,)
+    with pytest.raises(Stop):
+        run(replace(cfg, gate_recalls=(0.97, 0.99), route_recalls=(0.95,)), lm=tiny)
+    assert seen[-1].gate_recall == (0.97, 0.99) and seen[-1].route_recall == (0.95,)

@@ -700,6 +700,14 @@ def run_cmd(
     gate_layers: Annotated[
         str | None, typer.Option(help="layers the gate is chosen from (default: all up to the first steered)")
     ] = None,
+    gate_recall: Annotated[
+        list[float] | None,
+        typer.Option(help="gate thresholds, as harmful recall, to try on val (repeatable; default: the trained 0.95)"),
+    ] = None,
+    route_recall: Annotated[
+        list[float] | None,
+        typer.Option(help="three-way gate: flagged rows above this recall's threshold go toward refusal (repeatable)"),
+    ] = None,
     dtype: DtypeOpt = "default",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
@@ -725,6 +733,10 @@ def run_cmd(
         cfg.gate_data = ()
     if eta:
         cfg.etas = tuple(eta)
+    if gate_recall:
+        cfg.gate_recalls = tuple(gate_recall)
+    if route_recall:
+        cfg.route_recalls = tuple(route_recall)
     try:
         if gate_layers:
             cfg.gate_layers = tuple(_parse_layers(gate_layers))

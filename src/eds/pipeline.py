@@ -56,7 +56,11 @@ class RunConfig:
     mode: str = "always"
     harm_gate: bool = True
     route: bool = True
-    gate_recall: float = 0.95  # what `eds tune` chose on val for the sixth bundle (docs/results.md)
+    gate_recall: float = 0.95  # the threshold trained into the bundle (the sixth bundle's choice on val)
+    # gate thresholds tried on val (harmful recall; empty: the trained one) and, for a three-way gate,
+    # the lower recall above whose threshold flagged rows are steered toward refusal (None: two-way)
+    gate_recalls: tuple[float, ...] = ()
+    route_recalls: tuple[float | None, ...] = (None,)
     gate_width: int = GATE_WIDTH  # 0: a linear gate
     gate_pool: str = "last"  # what the gate reads (probe.POOLS): the last prompt token, or a mean
     gate_layers: tuple[int, ...] | None = None  # the gate is chosen among these (default: up to the first steered)
@@ -367,6 +371,8 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             positions=cfg.steer_positions,
             steps=(cfg.steps,),
             modes=(cfg.mode,),
+            gate_recall=cfg.gate_recalls or ((cfg.gate_recall,) if any(cfg.route_recalls) else (None,)),
+            route_recall=cfg.route_recalls,
             margin=cfg.margin,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
