@@ -48,7 +48,9 @@ class RunConfig:
     collect_limit: int | None = 600
     positions: str = "prompt"
     top_k: int = 3
-    etas: tuple[float, ...] = (0.03, 0.05, 0.08)  # a small η too: the 600-prompt bundle is weaker
+    # the 600-prompt bundle chose 0.08 of (0.03, 0.05, 0.08) in bf16 and in float32 (README): 0.03 costs a
+    # val pass (about 6.5 min) that never paid
+    etas: tuple[float, ...] = (0.05, 0.08)
     # steered positions tried on val: the last prompt token and the first 4 generated tokens. A refusal
     # is decided there, and what follows (code above all) is left to the model (docs/results.md)
     steer_positions: tuple[str | int, ...] = (4,)
@@ -380,9 +382,11 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         ),
         bundle_path=bundle_dir,
     )
+    key = "benign_compliance_macro"  # what the tune ranks by (mean over the benign val sources)
+    console.print(f"  base model: benign compliance {tuned.base[key]:.1%} (mean over sources)")
     for r in tuned.rows:
         console.print(
-            f"  {r['name']}: benign compliance {r['benign_compliance']:.1%}, worst harmful drop "
+            f"  {r['name']}: benign compliance {r[key]:.1%}, worst harmful drop "
             f"{r['max_harmful_refusal_drop']:+.1%} ({'keeps safety' if r['feasible'] else 'loses safety'})"
         )
     if tuned.chosen is None:
