@@ -39,6 +39,7 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
         str(tmp_path / "run" / d) for d in ("collect", "collect-gate")
     ]
     assert bundle["data_summary"]["collection"] == str(tmp_path / "run" / "collect")
+    assert bundle["data_summary"]["model_dtypes"] == ["float32"]  # what the states were read in
     # a second run reuses every stage: same choice, nothing regenerated, the bundle not retrained
     lines = (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n")
     monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))

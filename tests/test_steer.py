@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -181,6 +182,23 @@ def test_fingerprint_and_layer_checks(tiny):
         pass
     with pytest.raises(BundleError, match="mode"), steer(tiny, bundle, mode="sometimes"):
         pass
+
+
+def test_a_model_in_another_dtype_than_the_training_states_is_warned_of(tiny):
+    bundle = random_bundle(tiny, layers=(1,))
+    bundle.data_summary["model_dtypes"] = ["bfloat16"]  # trained on states read in bf16; tiny runs in float32
+    with pytest.warns(UserWarning, match=r"read in bfloat16, used with the model in float32"), steer(tiny, bundle):
+        pass
+    bundle.data_summary["model_dtypes"] = ["float32"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with steer(tiny, bundle):
+            pass
+    del bundle.data_summary["model_dtypes"]  # bundles from before it was recorded: nothing to compare
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with steer(tiny, bundle):
+            pass
 
 
 def test_bundle_round_trip_is_exact(tmp_path, tiny):

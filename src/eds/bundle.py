@@ -245,6 +245,14 @@ class EnergyBundle:
         over = [layer for layer in self.layers if layer >= fp.num_layers]
         if over:
             raise BundleError(f"bundle layers {over} do not exist in a {fp.num_layers}-layer model")
+        made_in = self.data_summary.get("model_dtypes")  # recorded since session 12; older bundles say nothing
+        if isinstance(lm, LoadedModel) and made_in and lm.dtype_name not in made_in:
+            warnings.warn(
+                f"energy bundle trained on states read in {', '.join(made_in)}, used with the model in "
+                f"{lm.dtype_name}: states differ a little, and so may what steering does (load with "
+                f"dtype={made_in[0]!r} to match)",
+                stacklevel=3,
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write `path/energy.safetensors` and `path/bundle.json` (atomically, JSON last)."""

@@ -291,6 +291,11 @@ class CollectionUnion(Collection):
         return torch.cat(ts)
 
 
+def collection_dtypes(col: Collection) -> set[str]:
+    """The dtypes the collections' model ran in (not recorded before: bf16, then the default)."""
+    return {p.manifest.get("model_dtype", "bfloat16") for p in getattr(col, "parts", None) or [col]}
+
+
 def open_collections(paths: Sequence[str | Path]) -> Collection:
     """One collection, or several of the same model and judge read as one (see CollectionUnion)."""
     cols = [Collection.open(p) for p in paths]

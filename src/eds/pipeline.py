@@ -14,7 +14,7 @@ from typing import Any
 
 from . import assets
 from .bundle import BundleError, EnergyBundle, SteerSettings
-from .collect import CollectConfig, Collection, CollectionError, collect, open_collections
+from .collect import CollectConfig, Collection, CollectionError, collect, collection_dtypes, open_collections
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -125,11 +125,6 @@ def system_prompt_of(col: Collection) -> str | None:
 
 def _reader(lm: LoadedModel) -> dict[str, str]:
     return {"model": lm.fingerprint.name, "dtype": lm.dtype_name, "device": str(lm.device)}
-
-
-def collection_dtypes(col: Collection) -> set[str]:
-    """The dtypes the collections' model ran in (not recorded before: bf16, then the default)."""
-    return {p.manifest.get("model_dtype", "bfloat16") for p in getattr(col, "parts", None) or [col]}
 
 
 def collection_dtype(col: Collection) -> str:

@@ -177,8 +177,7 @@ def steer(
     bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the
     steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
-    fp = lm.fingerprint if isinstance(lm, LoadedModel) else Fingerprint.of(model)
-    bundle.check(fp)
+    bundle.check(lm if isinstance(lm, LoadedModel) else Fingerprint.of(model))
     settings = replace(
         bundle.steering,
         **{

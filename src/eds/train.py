@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .collect import Collection
+from .collect import Collection, collection_dtypes
 from .energy import EnergyMLP, auroc, calibrate_threshold, info_nce
 
 POSITIONS = ("prompt", "gen", "all")
@@ -255,6 +255,8 @@ def train(col: Collection, config: TrainConfig | None = None, *, progress: bool 
         "datasets": sorted({r["dataset"] for r in records}),
         "judge": col.manifest.get("judge"),
         "collect_config": col.manifest.get("config"),
+        # what the states were read in: a model run in another dtype gives slightly other states
+        "model_dtypes": sorted(collection_dtypes(col)),
     }
     return TrainResult(models=models, results=results, chosen=chosen, config=cfg, data_summary=summary)
 
