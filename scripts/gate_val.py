@@ -3,7 +3,7 @@
 A gate decides at prefill whether a request is harmful (kept from steering toward answers, or routed
 toward refusal). This runs each bundle's gate on labelled val prompts (one forward up to the gate
 layer) at the thresholds saved for the given recall targets, and prints one Markdown table: per
-source (and per `contrast` harmful category, where small losses hide in the pooled rate) the share
+source (and per `contrast` category, where small losses hide in the pooled rate) the share
 of harmful prompts flagged and of benign prompts passed. Nothing is generated; the thresholds are
 the bundle's own, set on the held-out fifth of its training collection, so val stays unseen by it.
 
@@ -33,11 +33,11 @@ def main() -> None:
     # the sources eds tune and eds eval report (group and label), each prompt read once
     pairs = labelled_prompts(args.set or TuneConfig().val_sets)
     sources: dict[tuple[str, str], list[int]] = {}
-    categories: dict[str, list[int]] = {}  # contrast harmful by category: small losses hide in the pool
+    categories: dict[tuple[str, str], list[int]] = {}  # contrast by label and type: small losses hide in the pool
     for i, (group, p) in enumerate(pairs):
         sources.setdefault((p.label, group), []).append(i)
-        if p.dataset == "contrast" and p.label == "harmful":
-            categories.setdefault(p.category, []).append(i)
+        if p.dataset == "contrast":
+            categories.setdefault((p.label, p.category), []).append(i)
     labels = {label for label, _ in sources}
     if labels != {"benign", "harmful"}:
         raise SystemExit(f"the sets hold only {sorted(labels)} prompts: a gate needs both to be judged")
@@ -65,9 +65,10 @@ def main() -> None:
         names = sorted(k for k in sources if k[0] == label)
         for key in names:
             row(f"{key[1]} ({label})", len(sources[key]), [f"{rate(f, sources[key], flagged):.0%}" for _, f in cols])
-            if key == ("harmful", "contrast"):
-                for cat, idx in sorted(categories.items()):
-                    row(f"&nbsp;&nbsp;{cat}", len(idx), [f"{rate(f, idx, flagged):.0%}" for _, f in cols])
+            if key[1] == "contrast":
+                for (of, cat), idx in sorted(categories.items()):
+                    if of == label:
+                        row(f"&nbsp;&nbsp;{cat}", len(idx), [f"{rate(f, idx, flagged):.0%}" for _, f in cols])
         pooled = [i for k in names for i in sources[k]]
         macro = [sum(rate(f, sources[k], flagged) for k in names) / len(names) for _, f in cols]
         row(f"**{title}, pooled**", len(pooled), [f"**{rate(f, pooled, flagged):.1%}**" for _, f in cols])
