@@ -91,8 +91,8 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
         run(cfg, lm=tiny)
 
 
-def test_main_job_passes_a_three_way_gate_to_the_tune(tmp_path, tiny, monkeypatch):
-    """route_recalls without gate_recalls: the three-way gate's answer side is the trained threshold."""
+def test_main_job_passes_gate_options_to_the_tune(tmp_path, tiny, monkeypatch):
+    """Tried gate thresholds reach the tune as given; none given: the bundle's own threshold."""
     import eds.tune
 
     seen = []
@@ -105,15 +105,26 @@ def test_main_job_passes_a_three_way_gate_to_the_tune(tmp_path, tiny, monkeypatc
         raise Stop
 
     monkeypatch.setattr(eds.tune, "tune", fake_tune)
-    cfg = RunConfig(
-        out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, max_new_tokens=2, route_recalls=(0.9,)
-    )
+    cfg = RunConfig(out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, max_new_tokens=2)
     with pytest.raises(Stop):
         run(cfg, lm=tiny)
-    assert seen[-1].gate_recall == (cfg.gate_recall,) and seen[-1].route_recall == (0.9,)
-    with pytest.raises(Stop):
-        run(replace(cfg, route_recalls=(None,)), lm=tiny)
     assert seen[-1].gate_recall == (None,) and seen[-1].route_recall == (None,)
     with pytest.raises(Stop):
-        run(replace(cfg, gate_recalls=(0.97, 0.99), route_recalls=(0.95,)), lm=tiny)
-    assert seen[-1].gate_recall == (0.97, 0.99) and seen[-1].route_recall == (0.95,)
+        run(replace(cfg, gate_recalls=(0.97, 0.99)), lm=tiny)
+    assert seen[-1].gate_recall == (0.97, 0.99) and seen[-1].route_recall == (None,)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"harm_gate": False, "route": False, "gate_recalls": (0.9,)}, "need the harm gate"),
+        ({"route": False, "route_recalls": (None, 0.9)}, "needs --route"),
+        ({"gate_recalls": (0.93,)}, r"no gate threshold is stored for recall \[0.93\]"),
+        ({"route_recalls": (0.9, 0.91)}, r"recall \[0.91\]"),
+    ],
+)
+def test_main_job_refuses_gate_options_before_collecting(tmp_path, tiny, options, message):
+    cfg = replace(RunConfig(out=str(tmp_path / "run")), **options)
+    with pytest.raises(ValueError, match=message):
+        run(cfg, lm=tiny)
+    assert not (tmp_path / "run" / "collect").exists()

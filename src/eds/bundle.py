@@ -228,8 +228,9 @@ class EnergyBundle:
             versions=versions(),
         )
 
-    def check(self, lm: LoadedModel | Fingerprint) -> None:
-        """Raise BundleError unless this bundle was made for a model of this shape."""
+    def check(self, lm: LoadedModel | Fingerprint, *, stacklevel: int = 3) -> None:
+        """Raise BundleError unless this bundle was made for a model of this shape. Warnings point
+        `stacklevel` frames up (the default: the caller's caller)."""
         fp = lm if isinstance(lm, Fingerprint) else lm.fingerprint
         bad = self.fingerprint.mismatches(fp)
         if bad:
@@ -240,7 +241,7 @@ class EnergyBundle:
         if self.fingerprint.name and fp.name and self.fingerprint.name != fp.name:
             warnings.warn(
                 f"energy bundle made for {self.fingerprint.name!r}, used with {fp.name!r} (same shapes, so allowed)",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         over = [layer for layer in self.layers if layer >= fp.num_layers]
         if over:
@@ -251,7 +252,7 @@ class EnergyBundle:
                 f"energy bundle trained on states read in {', '.join(made_in)}, used with the model in "
                 f"{lm.dtype_name}: states differ a little, and so may what steering does (load with "
                 f"dtype={made_in[0]!r} to match)",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     def save(self, path: str | Path) -> Path:

@@ -706,7 +706,10 @@ def run_cmd(
     ] = None,
     route_recall: Annotated[
         list[float] | None,
-        typer.Option(help="three-way gate: flagged rows above this recall's threshold go toward refusal (repeatable)"),
+        typer.Option(
+            help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
+            "between the two unsteered (repeatable; the gate recall itself gives the two-way gate)"
+        ),
     ] = None,
     dtype: DtypeOpt = "default",
 ) -> None:

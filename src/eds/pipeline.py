@@ -18,7 +18,7 @@ from .collect import CollectConfig, Collection, CollectionError, collect, collec
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .probe import GATE_WIDTH, POOLS, gate_states, train_probe
+from .probe import GATE_WIDTH, POOLS, RECALLS, gate_states, train_probe
 from .report import make_console
 from .train import (
     TrainConfig,
@@ -269,15 +269,30 @@ def make_bundle(
     return bundle, res
 
 
+def check_gate_options(cfg: RunConfig) -> None:
+    """Gate thresholds the tune is to try must exist in the bundle it will train, and a three-way gate
+    needs routing: said before collection, not at the first val candidate twenty minutes later."""
+    routes = [r for r in cfg.route_recalls if r is not None]
+    if (cfg.gate_recalls or routes) and not cfg.harm_gate:
+        raise ValueError("gate and route recalls need the harm gate (drop --no-harm-gate)")
+    if routes and not cfg.route:
+        raise ValueError("a route recall sets a three-way gate, which steers flagged rows to refusal: needs --route")
+    stored = sorted({*RECALLS, cfg.gate_recall})
+    unknown = sorted({r for r in (*cfg.gate_recalls, *routes) if r not in stored})
+    if unknown:
+        raise ValueError(f"no gate threshold is stored for recall {unknown}; the bundle stores {stored}")
+
+
 def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResult:
     """Collect (train splits) → train energy models, gate and refuse models → tune on val splits →
     compare base and steered on test splits. Every stage resumes from what is on disk."""
     from .suite import EvalConfig, run_eval
-    from .tune import TuneConfig, tune
+    from .tune import TuneConfig, objective_key, tune
 
     cfg = cfg or RunConfig()
     if cfg.harm_gate and cfg.gate_pool not in POOLS:  # before an hour of collection
         raise ValueError(f"unknown gate pooling {cfg.gate_pool!r}; use one of {', '.join(POOLS)}")
+    check_gate_options(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +383,8 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             positions=cfg.steer_positions,
             steps=(cfg.steps,),
             modes=(cfg.mode,),
-            gate_recall=cfg.gate_recalls or ((cfg.gate_recall,) if any(cfg.route_recalls) else (None,)),
+            # None: the bundle's own threshold (cfg.gate_recall), which a route recall equal to it keeps two-way
+            gate_recall=cfg.gate_recalls or (None,),
             route_recall=cfg.route_recalls,
             margin=cfg.margin,
             max_new_tokens=cfg.max_new_tokens,
@@ -377,7 +393,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         ),
         bundle_path=bundle_dir,
     )
-    key = "benign_compliance_macro"  # what the tune ranks by (mean over the benign val sources)
+    key = objective_key(TuneConfig.objective)  # what the tune ranks by (mean over the benign val sources)
     console.print(f"  base model: benign compliance {tuned.base[key]:.1%} (mean over sources)")
     for r in tuned.rows:
         console.print(

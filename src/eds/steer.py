@@ -177,7 +177,8 @@ def steer(
     bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the
     steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
-    bundle.check(lm if isinstance(lm, LoadedModel) else Fingerprint.of(model))
+    # warnings point at the user's `with steer(...)`: past this generator and contextlib's __enter__
+    bundle.check(lm if isinstance(lm, LoadedModel) else Fingerprint.of(model), stacklevel=4)
     settings = replace(
         bundle.steering,
         **{
