@@ -248,6 +248,15 @@ def test_tune_checks_positions_tie_and_capability_before_generating(tmp_path, ti
     assert not (tmp_path / "base.jsonl").exists()
 
 
+def test_tune_checks_gate_recalls_before_generating(tmp_path, tiny):
+    from eds.bundle import BundleError
+
+    val = ("advbench:val:2",)
+    with pytest.raises(BundleError, match="gate"):  # a bundle with no gate has no threshold to pick
+        tune(tiny, random_bundle(tiny), TuneConfig(out=str(tmp_path), val_sets=val, gate_recall=(0.9,)))
+    assert not (tmp_path / "base.jsonl").exists()
+
+
 def test_code_prompts_are_a_seeded_sample_of_code_requests():
     a, b = code_prompts(20, seed=0), code_prompts(20, seed=0)
     assert a == b and len(set(a)) == 20 and all(CODE_WORDS.search(p) for p in a)

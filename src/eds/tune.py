@@ -282,6 +282,8 @@ def tune(
     for mode in cfg.modes:  # a typo fails now, not after the base run
         SteerSettings(mode=mode).validate()
     cands = candidates(cfg, bundle)  # a layer set the bundle lacks fails here, before any generation
+    for c in cands:  # and so does a gate recall with no stored threshold, or a gate the bundle lacks
+        c.bundle(bundle)
     code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
