@@ -23,6 +23,14 @@ console = make_console()
 err = make_console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="built-in name, local folder or hub id")]
+# eds tune and eds run: the three-way gate's refusal side
+RouteRecallOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
+        "between the two unsteered (repeatable; the gate recall itself gives the two-way gate)"
+    ),
+]
 DtypeOpt = Annotated[
     str,
     typer.Option(
@@ -546,13 +554,7 @@ def tune_cmd(
         list[float] | None,
         typer.Option(help="gate thresholds to try, by the share of val harmful prompts they flag (repeatable)"),
     ] = None,
-    route_recall: Annotated[
-        list[float] | None,
-        typer.Option(
-            help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
-            "between the two unsteered (repeatable; the gate recall itself gives the two-way gate)"
-        ),
-    ] = None,
+    route_recall: RouteRecallOpt = None,
     objective: Annotated[
         str, typer.Option(help="benign compliance averaged over val sources (macro) or over prompts (pooled)")
     ] = "macro",
@@ -704,13 +706,7 @@ def run_cmd(
         list[float] | None,
         typer.Option(help="gate thresholds, as harmful recall, to try on val (repeatable; default: the trained 0.95)"),
     ] = None,
-    route_recall: Annotated[
-        list[float] | None,
-        typer.Option(
-            help="three-way gate: route toward refusal only above this (lower) recall's threshold, leave rows "
-            "between the two unsteered (repeatable; the gate recall itself gives the two-way gate)"
-        ),
-    ] = None,
+    route_recall: RouteRecallOpt = None,
     dtype: DtypeOpt = "default",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""

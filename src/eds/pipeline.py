@@ -18,7 +18,7 @@ from .collect import CollectConfig, Collection, CollectionError, collect, collec
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .probe import GATE_WIDTH, POOLS, RECALLS, gate_states, train_probe
+from .probe import GATE_WIDTH, POOLS, gate_states, stored_recalls, train_probe
 from .report import make_console
 from .train import (
     TrainConfig,
@@ -277,7 +277,7 @@ def check_gate_options(cfg: RunConfig) -> None:
         raise ValueError("gate and route recalls need the harm gate (drop --no-harm-gate)")
     if routes and not cfg.route:
         raise ValueError("a route recall sets a three-way gate, which steers flagged rows to refusal: needs --route")
-    stored = sorted({*RECALLS, cfg.gate_recall})
+    stored = stored_recalls(cfg.gate_recall)
     unknown = sorted({r for r in (*cfg.gate_recalls, *routes) if r not in stored})
     if unknown:
         raise ValueError(f"no gate threshold is stored for recall {unknown}; the bundle stores {stored}")

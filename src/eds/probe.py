@@ -148,6 +148,11 @@ class ProbeResult:
 RECALLS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
 
 
+def stored_recalls(harmful_recall: float) -> list[float]:
+    """The recalls a gate trained for `harmful_recall` stores thresholds for (`with_gate_recall` picks one)."""
+    return sorted({*RECALLS, harmful_recall})
+
+
 def threshold_for(logits: Tensor, harmful: Tensor, recall: float) -> dict[str, float]:
     """The threshold that catches `recall` of the harmful rows, and what it catches and passes."""
     harm = logits[harmful].sort().values
@@ -289,7 +294,7 @@ def train_probe(
         caught, passed = at["harmful_caught"], at["benign_passed"]
         table.append({"layer": layer, "val_auroc": score, "harmful_caught": caught, "benign_passed": passed})
         if best is None or score > best.val_auroc:
-            by_recall = {str(r): threshold_for(logits, yv, r) for r in sorted({*RECALLS, harmful_recall})}
+            by_recall = {str(r): threshold_for(logits, yv, r) for r in stored_recalls(harmful_recall)}
             best = ProbeResult(probe, layer, at["threshold"], score, caught, passed, table, by_recall)
     if best is None:
         raise ValueError("no probe layers given")

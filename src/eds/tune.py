@@ -282,8 +282,9 @@ def tune(
     for mode in cfg.modes:  # a typo fails now, not after the base run
         SteerSettings(mode=mode).validate()
     cands = candidates(cfg, bundle)  # a layer set the bundle lacks fails here, before any generation
-    for c in cands:  # and so does a gate recall with no stored threshold, or a gate the bundle lacks
-        c.bundle(bundle)
+    # each candidate's gate thresholds, one copy for refusals and drift; a gate recall with no stored
+    # threshold, or a gate the bundle lacks, fails here too, before any generation
+    steered_bundles = [c.bundle(bundle) for c in cands]
     code = code_prompts(cfg.capability_prompts, cfg.seed) if cfg.capability_prompts else []
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,9 +302,8 @@ def tune(
     tag = bundle.digest()[:10]
     code_base = _base_replies(lm, code, cfg, out / "capability-base.json") if code else []
     rows = []
-    for i, c in enumerate(cands):
+    for i, (c, steered) in enumerate(zip(cands, steered_bundles, strict=True)):
         path = out / f"{tag}-{c.key}.jsonl"
-        steered = c.bundle(bundle)  # the candidate's gate thresholds: one copy for refusals and drift
         res = evaluate_refusals(
             lm,
             cfg.val_sets,
