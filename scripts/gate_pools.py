@@ -113,11 +113,12 @@ def main() -> None:
     ap.add_argument("--pool", action="append", choices=[*POOLS, CONCAT], help="default: the three poolings")
     ap.add_argument("--set", action="append", help="val sets (default: the tune's and tense_val)")
     ap.add_argument("--no-loso", action="store_true", help="val sets only")
+    ap.add_argument("--model", default=None, help="read another model's states (default: the default model)")
     ap.add_argument("--dtype", default="default")
     ap.add_argument("--cache", type=Path, default=Path("runs/gate-pools-cache"))
     args = ap.parse_args()
     recalls, pools, layers = args.recall or [0.9, 0.95], args.pool or list(POOLS), sorted(set(args.layer))
-    lm = load_model(dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype) if args.model else load_model(dtype=args.dtype)
     cfg = TrainConfig()
 
     # train prompts: the sixth bundle's gate data, one cache entry per spec, de-duplicated by text
