@@ -21,18 +21,20 @@ import json
 from pathlib import Path
 
 import torch
-from gate_pools import cached
+from gate_pools import cached, gate_train_set
 from torch import nn
 
 from eds import load_model
 from eds.bundle import EnergyBundle
-from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, load_many
 from eds.energy import auroc
 from eds.evaluate import evaluate_refusals, labelled_prompts, summarise
 from eds.io import read_records
 from eds.probe import GATE_WIDTH, fit_probe, threshold_for
 from eds.train import TrainConfig, split_rows
 from eds.tune import score
+
+#: the layers whose states scripts/gate_pools.py cached for the 1.5B model (its cache is keyed by the layer list)
+CACHED_LAYERS = [12, 16]
 
 
 class LookupGate(nn.Module):
@@ -51,20 +53,13 @@ class LookupGate(nn.Module):
 
 def gate_logits(model: str, layer: int, pool: str, recall: float, val_prompts: list[str], cache: Path):
     lm = load_model(model)
-    seen: set[str] = set()
-    xs, recs = [], []
-    for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE):  # as scripts/gate_pools.py: one cache entry per spec
-        prompts = load_many([spec], seed=0)
-        states = cached(lm, [p.prompt for p in prompts], [12, 16], cache)[f"{pool}.{layer}"]
-        keep = [i for i, p in enumerate(prompts) if not (p.prompt in seen or seen.add(p.prompt))]
-        xs.append(states[keep])
-        recs += [{"dataset": prompts[i].dataset, "outcome": prompts[i].label} for i in keep]  # as gate_pools.py
-    x, harmful = torch.cat(xs), torch.tensor([r["outcome"] == "harmful" for r in recs])
+    states, recs = gate_train_set(lm, CACHED_LAYERS, cache)  # the gates scripts/gate_pools.py compared
+    x, harmful = states[f"{pool}.{layer}"], torch.tensor([r["label"] == "harmful" for r in recs])
     tr, va = (torch.tensor(i) for i in split_rows(recs, TrainConfig()))
     probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=0)
     with torch.no_grad():
         held = probe(x[va])
-        val = probe(cached(lm, val_prompts, [12, 16], cache)[f"{pool}.{layer}"])
+        val = probe(cached(lm, val_prompts, CACHED_LAYERS, cache)[f"{pool}.{layer}"])
     th = threshold_for(held, harmful[va], recall)["threshold"]
     print(f"gate {model} {pool}@{layer}: held-out AUROC {float(auroc(held, harmful[va])):.3f}, threshold {th:.3f}")
     del lm
@@ -77,7 +72,7 @@ def main() -> None:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--tune", type=Path, required=True, help="an eds tune folder: its val sets and base records")
     ap.add_argument("--gate-model", default="qwen2.5-coder-1.5b-instruct")
-    ap.add_argument("--layer", type=int, default=12, choices=[12, 16])
+    ap.add_argument("--layer", type=int, default=12, choices=CACHED_LAYERS)
     ap.add_argument("--pool", default="user")
     ap.add_argument("--recall", type=float, default=0.95)
     ap.add_argument("--eta", type=float, default=0.05)

@@ -31,7 +31,7 @@ from gate_loso import TENSE, TYPED, TYPES
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 
-from eds import load_model
+from eds import DEFAULT_MODEL, load_model
 from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, load_many
 from eds.energy import auroc
 from eds.evaluate import labelled_prompts
@@ -96,6 +96,25 @@ def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) 
     return states
 
 
+def gate_train_set(
+    lm: LoadedModel, layers: list[int], cache: Path
+) -> tuple[dict[str, torch.Tensor], list[dict[str, str]]]:
+    """The gates' training prompts (the sixth bundle's gate data, `RECIPE_MIXTURE + GATE_MIXTURE`): their
+    pooled states (one cache entry per spec) and records, de-duplicated by text."""
+    seen: set[str] = set()
+    recs, parts = [], []
+    for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE):
+        prompts = load_many([spec], seed=0)
+        states = cached(lm, [p.prompt for p in prompts], layers, cache)
+        keep = [i for i, p in enumerate(prompts) if not (p.prompt in seen or seen.add(p.prompt))]
+        recs += [
+            {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
+            for p in (prompts[i] for i in keep)
+        ]
+        parts.append({k: v[keep] for k, v in states.items()})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, recs
+
+
 #: the last token's and the user's text's states side by side: one gate that can use either
 CONCAT = "last+user"
 
@@ -113,27 +132,16 @@ def main() -> None:
     ap.add_argument("--pool", action="append", choices=[*POOLS, CONCAT], help="default: the three poolings")
     ap.add_argument("--set", action="append", help="val sets (default: the tune's and tense_val)")
     ap.add_argument("--no-loso", action="store_true", help="val sets only")
-    ap.add_argument("--model", default=None, help="read another model's states (default: the default model)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="whose states the gates read")
     ap.add_argument("--dtype", default="default")
     ap.add_argument("--cache", type=Path, default=Path("runs/gate-pools-cache"))
     args = ap.parse_args()
     recalls, pools, layers = args.recall or [0.9, 0.95], args.pool or list(POOLS), sorted(set(args.layer))
-    lm = load_model(args.model, dtype=args.dtype) if args.model else load_model(dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype)
     cfg = TrainConfig()
 
-    # train prompts: the sixth bundle's gate data, one cache entry per spec, de-duplicated by text
-    seen: set[str] = set()
-    recs, parts = [], []
-    for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE):
-        prompts = load_many([spec], seed=0)
-        states = cached(lm, [p.prompt for p in prompts], layers, args.cache)
-        keep = [i for i, p in enumerate(prompts) if not (p.prompt in seen or seen.add(p.prompt))]
-        recs += [
-            {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
-            for p in (prompts[i] for i in keep)
-        ]
-        parts.append({k: v[keep] for k, v in states.items()})
-    train = with_concat({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, layers)
+    states, recs = gate_train_set(lm, layers, args.cache)
+    train = with_concat(states, layers)
     harmful = torch.tensor([r["label"] == "harmful" for r in recs])
     tr_all, va_all = split_rows(recs, cfg)
     kinds = {**TYPES, **TENSE}
