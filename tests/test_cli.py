@@ -213,6 +213,48 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
     assert res.exit_code == 2 and "--no-harm-gate" in res.output
 
 
+def test_gate_model_trains_the_gate_on_its_states_and_steers_with_it(tmp_path, model_folder):
+    """`eds train --gate-model` reads the gate's states through another model of the same tokenizer; the
+    bundle names it, and `eds generate` loads it by that name to gate every prompt."""
+    from eds.testing import tiny_model
+
+    reader = tiny_model("qwen2", layers=4, hidden=48, seed=1)
+    reader.model.save_pretrained(tmp_path / "reader")
+    reader.tokenizer.save_pretrained(tmp_path / "reader")
+    _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
+    train = [
+        "train",
+        str(tmp_path / "run"),
+        "--top-k",
+        "2",
+        "--layers",
+        "1-2",
+        "--gate-model",
+        str(tmp_path / "reader"),
+    ]
+    res = runner.invoke(app, [*train, "--gate-pool", "user", "--gate-layers", "3", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    gate = cfg["gate"]
+    # layer 3 of the gate model: past the first steered layer (1) of the collections' model, which has 3
+    assert cfg["format"] == "eds.bundle/3" and gate["layer"] == 3 and gate["reader"]["hidden_size"] == 48
+    assert (
+        gate["reader"]["name"] == str(tmp_path / "reader") and gate["metrics"]["states_read_by"]["dtype"] == "float32"
+    )
+    assert f"at layer 3 of {tmp_path / 'reader'}" in res.output.replace("\n", "")
+    res = runner.invoke(app, [*train, "--out", str(tmp_path / "d")])  # default: the gate model's first half
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "d" / "bundle.json").read_text())["gate"]["layer"] in (0, 1, 2)
+    gen = ["generate", "hello there", "--model", str(model_folder), "--max-new-tokens", "3", "--dtype", "float32"]
+    res = runner.invoke(app, [*gen, "--bundle", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "states moved" in res.output
+    res = runner.invoke(app, [*train, "--gate-layers", "4"])
+    assert res.exit_code == 2 and "must lie in 0..3" in res.output
+    res = runner.invoke(app, [*train, "--no-harm-gate"])
+    assert res.exit_code == 2 and "--gate-model" in res.output
+
+
 def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder, monkeypatch):
     _collect(model_folder, tmp_path / "run", "advbench:train:16", "alpaca:train:16")
     train = ["train", str(tmp_path / "run"), "--top-k", "2", "--layers", "1-2"]
@@ -236,7 +278,8 @@ def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_f
     res = runner.invoke(app, [*train, "--gate-pool", "mean", "--gate-layers", "2"])
     assert res.exit_code == 2 and "after the first steered layer" in res.output.replace("\n", "")
     res = runner.invoke(app, [*train, "--dtype", "float32", "--out", str(tmp_path / "d")])  # the last-token gate
-    assert res.exit_code == 0 and "--dtype serve --gate-pool mean/user only: ignored" in res.output.replace("\n", " ")
+    ignored = "--dtype serve --gate-pool mean/user and --gate-model only: ignored"
+    assert res.exit_code == 0 and ignored in res.output.replace("\n", " ")
     res = runner.invoke(app, [*train, "--gate-pool", "max"])
     assert res.exit_code == 2 and "unknown gate pooling" in res.output
     from eds.bundle import SteerSettings

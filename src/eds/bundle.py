@@ -24,9 +24,18 @@ FORMAT = "eds.bundle/1"
 #: written for bundles whose gate pools the prompt (not the last token): an eds that cannot pool refuses
 #: them instead of gating on the wrong state. Loaded alike.
 FORMAT_POOLED = "eds.bundle/2"
+#: written for bundles whose gate reads another model's states (a gate model): an eds without gate
+#: models refuses them instead of running the probe on the steered model's states
+FORMAT_GATE_MODEL = "eds.bundle/3"
+FORMATS = (FORMAT, FORMAT_POOLED, FORMAT_GATE_MODEL)
 WEIGHTS, CONFIG = "energy.safetensors", "bundle.json"
 MODES = ("always", "gated", "gated-entry")
 POSITIONS = ("prompt", "all")
+
+
+#: the gate model last used, by (name, dtype, device): bundles loaded apart (a tune's, then an eval's)
+#: share one copy of it instead of each loading its own (one entry: a process steers with one at a time)
+_GATE_MODELS: dict[tuple[str, str, str], LoadedModel] = {}
 
 
 class BundleError(ValueError):
@@ -79,6 +88,11 @@ class EnergyBundle:
     refuse_models: dict[int, EnergyMLP] = field(default_factory=dict)
     refuse_thresholds: dict[int, float] = field(default_factory=dict)
     refuse_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # the gate model: whose states the gate reads (None: the steered model's own, at gate_layer). Its
+    # gate_layer is then that model's layer, run on the steered model's prompt ids before generation
+    gate_reader: Fingerprint | None = None
+    # that model once loaded (`gate_model_for`), kept across `replace` copies (subset, with_gate_recall)
+    gate_model: LoadedModel | None = field(default=None, repr=False, compare=False)
     _device_cache: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def frozen(self, layer: int, device: torch.device | str, *, refuse: bool = False) -> FrozenEnergy:
@@ -115,14 +129,61 @@ class EnergyBundle:
             self._device_cache[key] = copy.deepcopy(self.gate).to(device).eval()
         return self._device_cache[key]
 
-    def set_gate(self, probe: HarmProbe, layer: int, threshold: float, metrics: dict[str, Any] | None = None) -> None:
-        if self.models and layer > min(self.models):
+    def gate_model_for(self, lm: LoadedModel | None, gate_model: LoadedModel | None = None) -> LoadedModel:
+        """The gate model this bundle's gate reads, checked against the steered model `lm`: `gate_model`
+        if given, else the one loaded before, else loaded now by the name it was trained with (a
+        built-in, hub id or folder), in `lm`'s dtype and on its device, and kept for later calls."""
+        if self.gate_reader is None:
+            raise BundleError("this bundle's gate reads the steered model's own states: it has no gate model")
+        model = gate_model or self.gate_model
+        if model is None and lm is not None:
+            model = _GATE_MODELS.get((self.gate_reader.name, lm.dtype_name, str(lm.device)))
+        if model is None:
+            if lm is None:
+                raise BundleError(
+                    f"this bundle's gate reads {self.gate_reader.name or 'another model'}'s states: load it "
+                    "and pass it as gate_model"
+                )
+            from .models import load_model
+
+            model = load_model(self.gate_reader.name, dtype=lm.dtype_name, device=str(lm.device))
+        bad = self.gate_reader.mismatches(model.fingerprint)
+        if bad:
+            raise BundleError(
+                f"this bundle's gate was trained on {self.gate_reader.name or 'another model'}'s states and does "
+                f"not fit {model.fingerprint.name or 'the gate model given'}: " + "; ".join(bad)
+            )
+        if lm is not None and model.tokenizer_digest() != lm.tokenizer_digest():
+            raise BundleError(
+                f"the gate model {model.name} does not share {lm.name}'s tokenizer: it cannot read its prompts"
+            )
+        self.gate_model = model
+        _GATE_MODELS.clear()
+        _GATE_MODELS[(model.name, model.dtype_name, str(model.device))] = model
+        return model
+
+    def set_gate(
+        self,
+        probe: HarmProbe,
+        layer: int,
+        threshold: float,
+        metrics: dict[str, Any] | None = None,
+        reader: Fingerprint | None = None,
+    ) -> None:
+        """Set the harmfulness gate: `probe` reads the states entering `layer` of the steered model, or
+        of the gate model `reader` (a model of the same vocabulary, run on the prompt before steering)."""
+        if reader is not None and not 0 <= layer < reader.num_layers:
+            raise BundleError(f"gate layer {layer} is not in the gate model's 0..{reader.num_layers - 1}")
+        if reader is None and self.models and layer > min(self.models):
             raise BundleError(
                 f"the gate layer ({layer}) must not come after the first steered layer "
                 f"({min(self.models)}): it has to decide before any state is moved"
             )
         self.gate, self.gate_layer, self.gate_threshold = probe.eval().requires_grad_(False), layer, threshold
         self.gate_metrics = metrics or {}
+        if reader != self.gate_reader:
+            self.gate_model = None
+        self.gate_reader = reader
         self.route_threshold = None  # a new gate: any three-way threshold belonged to the old one
         self._device_cache = {k: v for k, v in self._device_cache.items() if k[0] != "gate"}
 
@@ -149,6 +210,8 @@ class EnergyBundle:
             meta["gate_pool"] = self.gate.pool
         if self.gate is not None and self.gate.span is not None:
             meta["gate_span"] = list(self.gate.span)
+        if self.gate_reader is not None:
+            meta["gate_reader"] = self.gate_reader.to_dict()
         if self.route_threshold is not None:  # only then, so two-way bundles keep their digest
             meta["route_threshold"] = self.route_threshold
         if self.refuse_thresholds:  # they decide routed steering in gated mode
@@ -273,6 +336,8 @@ class EnergyBundle:
             for k, v in m.state_dict().items()
         }
         fmt = FORMAT if self.gate is None or self.gate.pool == "last" else FORMAT_POOLED
+        if self.gate is not None and self.gate_reader is not None:
+            fmt = FORMAT_GATE_MODEL
         tmp = path / f".{WEIGHTS}.tmp-{os.getpid()}"
         save_file(tensors, str(tmp), metadata={"format": fmt})
         os.replace(tmp, path / WEIGHTS)
@@ -296,6 +361,7 @@ class EnergyBundle:
                 "width": self.gate.width,
                 "pool": self.gate.pool,
                 **({"span": list(self.gate.span)} if self.gate.span is not None else {}),
+                **({"reader": self.gate_reader.to_dict()} if self.gate_reader is not None else {}),
                 "threshold": self.gate_threshold,
                 "route_threshold": self.route_threshold,
                 "metrics": self.gate_metrics,
@@ -325,8 +391,8 @@ class EnergyBundle:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise BundleError(f"{cfg_path}: unreadable ({e})") from None
-        if cfg.get("format") not in (FORMAT, FORMAT_POOLED):
-            raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r} or {FORMAT_POOLED!r}")
+        if cfg.get("format") not in FORMATS:
+            raise BundleError(f"{cfg_path}: format {cfg.get('format')!r}, expected one of {', '.join(FORMATS)}")
         if sha256_file(w_path) != cfg.get("weights_sha256"):
             raise BundleError(f"{w_path}: does not match the sha256 recorded in {CONFIG}; the bundle is damaged")
         try:
@@ -375,8 +441,9 @@ class EnergyBundle:
             try:
                 # bundles before widths: linear; before pooling: the last prompt token
                 span = g.get("span")
+                reader = Fingerprint.from_dict(g["reader"]) if g.get("reader") else None
                 probe = HarmProbe(
-                    fp.hidden_size,
+                    (reader or fp).hidden_size,
                     int(g.get("width", 0)),
                     str(g.get("pool", "last")),
                     None if span is None else (int(span[0]), int(span[1])),
@@ -384,7 +451,7 @@ class EnergyBundle:
                 probe.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")}, strict=True)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 raise BundleError(f"{w_path}: the gate does not match its config ({e})") from None
-            bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"))
+            bundle.set_gate(probe, int(g["layer"]), float(g["threshold"]), g.get("metrics"), reader)
             if g.get("route_threshold") is not None:
                 if float(g["route_threshold"]) < bundle.gate_threshold:  # type: ignore[operator]
                     raise BundleError(

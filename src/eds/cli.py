@@ -280,12 +280,22 @@ def train_cmd(
     gate_layers: Annotated[
         str | None, typer.Option(help="layers the gate is chosen from (default: all up to the first steered)")
     ] = None,
+    gate_model: Annotated[
+        str | None,
+        typer.Option(
+            help="the gate reads this model's states of the prompts (same tokenizer, e.g. a larger model of the "
+            "family); steering then runs it on every prompt (default: the steered model's own states)"
+        ),
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="for --gate-pool mean/user: the collections' model (default: theirs)"),
+        typer.Option(
+            "--model", "-m", help="for --gate-pool mean/user or --gate-model: the collections' model (default: theirs)"
+        ),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="for --gate-pool mean/user: the model's dtype (default: the collections')")
+        str,
+        typer.Option(help="for --gate-pool mean/user or --gate-model: the models' dtype (default: the collections')"),
     ] = "default",
     device: DeviceOpt = None,
     allow_test: Annotated[
@@ -300,26 +310,26 @@ def train_cmd(
     from .train import TrainConfig, TrainError, plot_auroc
 
     try:
-        if gate_data and not harm_gate:  # before any collection is read
-            raise ValueError("--gate-data cannot be combined with --no-harm-gate: it trains the harmfulness gate")
+        if (gate_data or gate_model) and not harm_gate:  # before any collection is read
+            raise ValueError("--gate-data and --gate-model train the harmfulness gate: not with --no-harm-gate")
         if gate_pool not in POOLS:  # before any collection or model is read
             raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
         chosen_gate_layers = _parse_layers(gate_layers) if gate_layers else None
         col = open_collections(collections)
         gate_col = open_collections([*collections, *gate_data]) if gate_data else None
-        lm = None
-        if harm_gate and gate_pool != "last":  # the gate reads states the collections do not keep
+        lm = reader = None
+        if harm_gate and (gate_pool != "last" or gate_model):  # the gate reads states the collections do not keep
             from .models import load_model
             from .pipeline import collection_dtype
 
             # by default in the collections' dtype, as their model is theirs by default
-            lm = load_model(
-                model or col.fingerprint.name,
-                dtype=collection_dtype(col) if dtype == "default" else dtype,
-                device=device,
-            )
+            read_dtype = collection_dtype(col) if dtype == "default" else dtype
+            lm = load_model(model or col.fingerprint.name, dtype=read_dtype, device=device)
+            reader = load_model(gate_model, dtype=read_dtype, device=device) if gate_model else None
         elif model or device or dtype != "default":
-            err.print("[yellow]--model, --device and --dtype serve --gate-pool mean/user only: ignored[/]")
+            err.print(
+                "[yellow]--model, --device and --dtype serve --gate-pool mean/user and --gate-model only: ignored[/]"
+            )
         cfg = TrainConfig(
             positions=positions,
             top_k=top_k,
@@ -339,6 +349,7 @@ def train_cmd(
             gate_pool=gate_pool,
             gate_layers=chosen_gate_layers,
             lm=lm,
+            gate_model=reader,
         )
         out = out or collections[0] / "bundle"
         bundle.save(out)
@@ -707,6 +718,10 @@ def run_cmd(
         typer.Option(help="gate thresholds, as harmful recall, to try on val (repeatable; default: the trained 0.95)"),
     ] = None,
     route_recall: RouteRecallOpt = None,
+    gate_model: Annotated[
+        str | None,
+        typer.Option(help="the gate reads this model's states (same tokenizer, e.g. a larger model of the family)"),
+    ] = None,
     dtype: DtypeOpt = "default",
 ) -> None:
     """The whole method: collect, train, tune η on val splits, compare base and steered on test splits."""
@@ -727,6 +742,7 @@ def run_cmd(
         positions=positions,
         dtype=dtype,
         gate_pool=gate_pool,
+        gate_model=gate_model,
     )
     if not gate_data:
         cfg.gate_data = ()
@@ -740,7 +756,7 @@ def run_cmd(
         if gate_layers:
             cfg.gate_layers = tuple(_parse_layers(gate_layers))
         run(cfg)
-    except (CollectionError, TrainError, BundleError, DataError, ValueError) as e:
+    except (CollectionError, TrainError, BundleError, DataError, ModelError, ValueError) as e:
         _fail(str(e))
 
 

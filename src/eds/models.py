@@ -479,6 +479,15 @@ class LoadedModel:
         before, after = self.template_tokens(system_prompt)
         return len(before), len(after)
 
+    def tokenizer_digest(self) -> str:
+        """A hash of the tokenizer's vocabulary (added tokens included): two models whose digests are
+        equal read the same token ids the same way, so one can read the other's prompts (a gate model).
+        Computed once per model."""
+        if "tokenizer_digest" not in self.extra:
+            vocab = sorted(self.tokenizer.get_vocab().items())
+            self.extra["tokenizer_digest"] = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+        return self.extra["tokenizer_digest"]
+
     def encode(self, prompts: list[str], system_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Left-padded batch of chat-formatted prompts, on the model's device: input ids and attention mask
         only (some tokenizers add token_type_ids, which decoder-only models' `generate` rejects)."""

@@ -66,6 +66,8 @@ class RunConfig:
     gate_width: int = GATE_WIDTH  # 0: a linear gate
     gate_pool: str = "last"  # what the gate reads (probe.POOLS): the last prompt token, or a mean
     gate_layers: tuple[int, ...] | None = None  # the gate is chosen among these (default: up to the first steered)
+    # the gate reads this model's states (same tokenizer, e.g. a larger model of the family); None: the steered one's
+    gate_model: str | None = None
     margin: float = 0.01  # harmful refusal may fall by at most this on any val harmful source
     val_sets: tuple[str, ...] = (
         "orbench_hard:val:60",
@@ -164,6 +166,7 @@ def make_bundle(
     gate_pool: str = "last",
     gate_layers: Sequence[int] | None = None,
     lm: LoadedModel | None = None,
+    gate_model: LoadedModel | None = None,
     progress: bool = True,
 ) -> tuple[EnergyBundle, TrainResult]:
     """Train the energy models, keep the best layers, and (by default) add a harmfulness gate fitted on
@@ -172,18 +175,25 @@ def make_bundle(
     `gate_col` (default `col`) is what the gate learns from: a superset of `col` with prompts whose
     harmfulness the gate should know but whose replies should not shape the energy models (the gate
     reads only the prompt and its label). A gate pooling other than "last" reads states the collections
-    do not keep: `lm`, the collections' model, computes them (`gate_states`). `gate_layers` limits the
-    layers the gate is chosen from (default: all up to the first steered one)."""
+    do not keep: `lm`, the collections' model, computes them (`gate_states`). `gate_model` (a model of
+    the same vocabulary, e.g. a larger one of the family) makes the gate read that model's states of the
+    same prompt ids instead; steering then runs it on each prompt. `gate_layers` limits the layers the
+    gate is chosen from (default: all up to the first steered one; for a gate model, up to its middle)."""
     gcol = gate_col or col
     if harm_gate:  # checked before the energy models take minutes to train
         if gate_pool not in POOLS:
             raise ValueError(f"unknown gate pooling {gate_pool!r}; use one of {', '.join(POOLS)}")
-        if gate_pool != "last":
+        if gate_pool != "last" or gate_model is not None:
             if lm is None:
-                raise ValueError(f"a {gate_pool!r} gate reads the prompts through the model: pass the loaded model")
+                raise ValueError(
+                    "a gate that reads the prompts through a model needs the collections' model: pass the loaded model"
+                )
             _check_gate_model(gcol, lm)
-        if gate_layers is not None and (not gate_layers or min(gate_layers) < 0 or max(gate_layers) >= col.num_layers):
-            raise ValueError(f"gate layers must lie in 0..{col.num_layers - 1}, got {list(gate_layers)}")
+        if gate_model is not None and gate_model.tokenizer_digest() != lm.tokenizer_digest():  # type: ignore[union-attr]
+            raise ValueError(f"the gate model {gate_model.name} does not share the collections' model's tokenizer")
+        n_gate = gate_model.fingerprint.num_layers if gate_model is not None else col.num_layers
+        if gate_layers is not None and (not gate_layers or min(gate_layers) < 0 or max(gate_layers) >= n_gate):
+            raise ValueError(f"gate layers must lie in 0..{n_gate - 1}, got {list(gate_layers)}")
         if gate_col is not None:
             diff = col.fingerprint.mismatches(gcol.fingerprint)
             if diff:
@@ -199,7 +209,13 @@ def make_bundle(
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
         first = min(bundle.layers)
-        asked = sorted(set(gate_layers)) if gate_layers is not None else list(range(first + 1))
+        if gate_model is not None:  # it runs before the steered model: any of its layers decides in time
+            # past the middle, every prompt's gate forward costs more than anything found to gain from it
+            default = range(gate_model.fingerprint.num_layers // 2 + 1)
+            first = gate_model.fingerprint.num_layers
+        else:
+            default = range(first + 1)
+        asked = sorted(set(gate_layers)) if gate_layers is not None else list(default)
         candidates = [x for x in asked if x <= first]  # the gate decides before any steering
         if not candidates:
             raise ValueError(
@@ -211,15 +227,16 @@ def make_bundle(
                 f"[yellow]gate layers {asked[len(candidates) :]} come after the first steered layer "
                 f"({first}): left out[/]"
             )
-        states = None
-        if gate_pool != "last":
-            assert lm is not None
+        states, reader = None, gate_model or lm
+        if gate_pool != "last" or gate_model is not None:
+            assert lm is not None and reader is not None
             states = gate_states(
-                lm,
+                reader,
                 [r["prompt"] for r in gcol.records],
                 candidates,
                 gate_pool,
                 system_prompt=system_prompt_of(gcol),
+                encoder=lm,
                 progress=progress,
             )
         gate = train_probe(
@@ -244,12 +261,14 @@ def make_bundle(
                 "by_recall": gate.by_recall,
                 "data": {**data_source(gcol), "gate_only": gate_only_digest(col, gcol)},
                 # what read a pooled gate's states (the collections' states say it for the last token)
-                **({"states_read_by": _reader(lm)} if states is not None and lm is not None else {}),
+                **({"states_read_by": _reader(reader)} if states is not None and reader is not None else {}),
             },
+            reader=None if gate_model is None else gate_model.fingerprint,
         )
         if progress:
+            whose = "" if gate_model is None else f" of {gate_model.name}"
             console.print(
-                f"harm gate ({gate.probe.kind}) at layer {gate.layer}: "
+                f"harm gate ({gate.probe.kind}) at layer {gate.layer}{whose}: "
                 f"val AUROC {gate.val_auroc:.3f}, keeps "
                 f"{gate.harmful_caught:.0%} of harmful and passes {gate.benign_passed:.0%} of benign "
                 "val prompts"
@@ -297,6 +316,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = lm or load_model(cfg.model, dtype=cfg.dtype)
+    gate_lm = load_model(cfg.gate_model, dtype=lm.dtype_name, device=str(lm.device)) if cfg.gate_model else None
 
     console.rule("[bold]1. collect (train splits)")
     if cfg.collection:
@@ -329,6 +349,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         "train": json.loads(json.dumps(asdict(tcfg))),
         "gate": gate,
         "gate pool": cfg.gate_pool if cfg.harm_gate else None,
+        "gate model": gate_lm.fingerprint.to_dict() if gate_lm is not None and cfg.harm_gate else None,
         "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
         "labels": labels_digest(col.records),  # `eds rejudge` may have moved labels since
@@ -340,6 +361,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             "train": bundle.train_config,
             "gate": bundle.gate.width if bundle.gate is not None else None,
             "gate pool": bundle.gate.pool if bundle.gate is not None else None,
+            "gate model": bundle.gate_reader.to_dict() if bundle.gate_reader is not None else None,
             "gate-only prompts": (bundle.gate_metrics.get("data") or {}).get("gate_only"),
             "route": bool(bundle.refuse_models),
             # bundles from before labels were hashed: stale only if a collection was relabelled since
@@ -367,10 +389,13 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
             gate_pool=cfg.gate_pool,
             gate_layers=cfg.gate_layers,
             lm=lm,
+            gate_model=gate_lm,
         )
         bundle.save(bundle_dir)
         plot_auroc(res, str(bundle_dir / "auroc_by_layer.png"))
         console.print(f"layers chosen by validation AUROC: {bundle.layers}")
+    if bundle.gate_reader is not None:  # checked now; the tune's and the test's loads of the bundle share it
+        bundle.gate_model_for(lm, gate_lm)
 
     console.rule("[bold]3. tune η on val splits")
     tuned = tune(

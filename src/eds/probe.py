@@ -198,7 +198,47 @@ def fit_probe(
 
 
 class _Stop(Exception):
-    """Raised by the last hook of `gate_states`: the layers after it are not needed."""
+    """Raised by the last hook of `read_pooled`: the layers after it are not needed."""
+
+
+def read_pooled(
+    lm: LoadedModel,
+    input_ids: Tensor,
+    mask: Tensor | None,
+    layers: Sequence[int],
+    pool: str,
+    span: tuple[int, int] | None,
+) -> dict[int, Tensor]:
+    """{layer: [B, H] float32}: the states entering each of `layers` for a left-padded batch of token ids,
+    pooled by `pool`, from one forward of `lm` that stops after the last of them (on `lm`'s device).
+    Positions are numbered as `generate` numbers a left-padded row (from its first token), so models
+    with absolute positions see the states they see while generating."""
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 0 or layers[-1] >= len(lm.layers):
+        raise ValueError(f"gate layers must lie in 0..{len(lm.layers) - 1}, got {layers}")
+    device = lm.device
+    ids = input_ids.to(device)
+    att = torch.ones_like(ids) if mask is None else mask.to(device=device, dtype=torch.long)
+    seen: dict[int, Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            seen[layer] = pool_states(layer_input(args, kwargs), att, pool, span).float()
+            if layer == layers[-1]:
+                raise _Stop
+
+        return hook
+
+    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp_min(0), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def gate_states(
@@ -208,48 +248,48 @@ def gate_states(
     pool: str,
     *,
     system_prompt: str | None = None,
+    encoder: LoadedModel | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[int, Tensor]:
-    """What a gate at each of `layers` reads from each prompt (pooled by `pool`), {layer: [N, H] float32},
-    from one forward per batch that stops after the last of them. The same pooling as the gate applies
-    while steering, so training and use see the same features."""
+    """What a gate at each of `layers` of `lm` reads from each prompt (pooled by `pool`), {layer: [N, H]
+    float32 on the CPU}, from one forward per batch that stops after the last of them: the same reading
+    as the gate makes while steering, so training and use see the same features.
+
+    `encoder` (default `lm`) turns the prompts into token ids: a gate read by another model than the
+    steered one (a gate model) reads the steered model's chat-formatted ids, as it will while steering."""
     from rich.progress import track
 
-    layers = sorted(set(layers))
-    if not layers or layers[0] < 0 or layers[-1] >= len(lm.layers):
-        raise ValueError(f"gate layers must lie in 0..{len(lm.layers) - 1}, got {layers}")
-    span = check_user_spans(lm, prompts, system_prompt) if pool == "user" else None
-    last, seen, out = layers[-1], {}, {layer: [] for layer in layers}
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            seen[layer] = pool_states(layer_input(args, kwargs), seen["mask"], pool, span).float()
-            if layer == last:
-                raise _Stop
-
-        return hook
-
-    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    enc_lm = encoder or lm
+    if encoder is not None and encoder is not lm and encoder.tokenizer_digest() != lm.tokenizer_digest():
+        raise ValueError(
+            f"{lm.name} cannot read {encoder.name}'s prompts: their tokenizers differ (a gate model needs the "
+            "steered model's vocabulary)"
+        )
+    span = check_user_spans(enc_lm, prompts, system_prompt) if pool == "user" else None
+    out: dict[int, list[Tensor]] = {layer: [] for layer in sorted(set(layers))}
     starts = range(0, len(prompts), batch_size)
-    try:
-        for i in track(starts, description="gate states", disable=not progress, total=len(starts)):
-            enc = lm.encode(list(prompts[i : i + batch_size]), system_prompt)
-            seen["mask"] = enc["attention_mask"]
-            # positions as `generate` numbers a left-padded row (from its first token), so models with
-            # absolute positions see the states they see while steering
-            positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)
-            try:
-                with torch.inference_mode():
-                    lm.model(**enc, position_ids=positions, use_cache=False)
-            except _Stop:
-                pass
-            for layer in layers:
-                out[layer].append(seen[layer].cpu())
-    finally:
-        for h in handles:
-            h.remove()
+    for i in track(starts, description="gate states", disable=not progress, total=len(starts)):
+        enc = enc_lm.encode(list(prompts[i : i + batch_size]), system_prompt)
+        for layer, x in read_pooled(lm, enc["input_ids"], enc["attention_mask"], list(out), pool, span).items():
+            out[layer].append(x.cpu())
     return {layer: torch.cat(v) for layer, v in out.items()}
+
+
+class GateModel:
+    """A gate whose probe reads another model's states (the gate model, e.g. a larger one of the same
+    family), run on the steered model's prompt ids at prefill: `logits(input_ids, mask)` -> [B] float32
+    on the gate model's device. Its forward stops after the gate layer."""
+
+    def __init__(self, lm: LoadedModel, layer: int, probe: HarmProbe):
+        if not 0 <= layer < len(lm.layers):
+            raise ValueError(f"gate layer {layer} is not in the gate model's 0..{len(lm.layers) - 1}")
+        self.lm, self.layer, self.probe = lm, layer, probe.to(lm.device).eval()
+
+    def logits(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
+        state = read_pooled(self.lm, input_ids, mask, [self.layer], self.probe.pool, self.probe.span)[self.layer]
+        with torch.no_grad():
+            return self.probe(state)
 
 
 def train_probe(

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .bundle import BundleError, EnergyBundle, SteerSettings
 from .energy import EnergyMLP, FrozenEnergy, FrozenHeads, mlp_backward, mlp_hidden
 from .models import Fingerprint, LoadedModel, find_layers, forward_cache, layer_input
-from .probe import padding_mask, pool_states
+from .probe import GateModel, padding_mask, pool_states
 
 
 def steer_states(
@@ -169,13 +169,16 @@ def steer(
     layers: list[int] | None = None,
     harm_gate: bool | None = None,
     route: bool | None = None,
+    gate_model: LoadedModel | None = None,
 ) -> Iterator[SteerHandle]:
     """Steer generation with an energy bundle inside a `with` block; the model is restored on exit.
 
     Settings default to those saved in the bundle; any of eta, steps, mode, positions, layers,
     harm_gate, route overrides them. With `route`, rows the harm gate flags are steered by the
-    bundle's refuse models (toward refusal) instead of being left alone. Nesting is allowed (the
-    steering composes), and so is re-entering."""
+    bundle's refuse models (toward refusal) instead of being left alone. A bundle whose gate reads
+    another model's states runs that model (`gate_model`, by default loaded once by the name the bundle
+    records) on each prompt's token ids before the first layer. Nesting is allowed (the steering
+    composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
     # warnings point at the user's `with steer(...)`: past this generator and contextlib's __enter__
     bundle.check(lm if isinstance(lm, LoadedModel) else Fingerprint.of(model), stacklevel=4)
@@ -222,6 +225,8 @@ def steer(
             phase.allow = phase.select = None
             # the prompt's tokens, padding excluded (a static cache hides its length: a prompt then starts it)
             phase.mask = padding_mask(kwargs.get("attention_mask"), past or 0, t)
+            if reader is not None:
+                read_prompt(args, kwargs, past)
         else:  # decode: one new token per sequence
             phase.gen_index = past - phase.prompt_len if past is not None else phase.gen_index + 1
         j = phase.gen_index
@@ -265,38 +270,63 @@ def steer(
 
         return hook
 
-    probe = None
-    if settings.harm_gate and bundle.gate_layer is not None:
+    probe, reader = None, None
+    if settings.harm_gate and bundle.gate_layer is not None and bundle.gate_reader is not None:
+        gm = bundle.gate_model_for(lm if isinstance(lm, LoadedModel) else None, gate_model)
+        reader = GateModel(gm, bundle.gate_layer, bundle.gate_on(gm.device))
+        probe = reader.probe
+    elif settings.harm_gate and bundle.gate_layer is not None:
         probe = bundle.gate_on(_device_of(layer_modules[bundle.gate_layer], device))
-        if probe is not None and probe.span is not None and isinstance(lm, LoadedModel):
-            span = lm.template_span()
-            if span != probe.span:  # the gate would average template tokens or miss the request's
-                raise BundleError(
-                    f"this bundle's gate reads the user's text, found by position in a chat format with "
-                    f"{probe.span[0]} tokens before it and {probe.span[1]} after; this model's format has "
-                    f"{span[0]} and {span[1]}: load it with the system prompt the bundle's collections used"
-                )
+    if probe is not None and probe.span is not None and isinstance(lm, LoadedModel):
+        span = lm.template_span()
+        if span != probe.span:  # the gate would average template tokens or miss the request's
+            raise BundleError(
+                f"this bundle's gate reads the user's text, found by position in a chat format with "
+                f"{probe.span[0]} tokens before it and {probe.span[1]} after; this model's format has "
+                f"{span[0]} and {span[1]}: load it with the system prompt the bundle's collections used"
+            )
     gate_threshold = bundle.gate_threshold
     # never below the gate threshold: a row goes one way, the other, or (three-way) neither
     route_threshold = gate_threshold if bundle.route_threshold is None else max(bundle.route_threshold, gate_threshold)
 
+    def decide(logit: Tensor) -> None:
+        """Which rows may be steered (and, routed, which way) from the gate's harmfulness logits [B]."""
+        phase.allow = logit <= gate_threshold
+        if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
+            phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)
+
+    def check_mask(batch: int) -> None:
+        if probe.pool != "last" and phase.mask is None and batch > 1:
+            raise RuntimeError(
+                "this bundle's gate pools the prompt, and the model was called without an attention mask "
+                "it can read: a padded batch would be pooled with its padding (pass attention_mask)"
+            )
+
     def gate_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         if phase.gen_index == -1:  # decided once per sequence, on the unsteered prompt
             hidden = layer_input(args, kwargs)
-            if probe.pool != "last" and phase.mask is None and hidden.shape[0] > 1:
-                raise RuntimeError(
-                    "this bundle's gate pools the prompt, and the model was called without an attention mask "
-                    "it can read: a padded batch would be pooled with its padding (pass attention_mask)"
-                )
-            logit = probe(pool_states(hidden, phase.mask, probe.pool, probe.span))
-            phase.allow = logit <= gate_threshold
-            if route:  # three-way when route_threshold > gate_threshold: rows in between are not steered
-                phase.select = torch.stack([phase.allow, logit > route_threshold], dim=-1)
+            check_mask(hidden.shape[0])
+            decide(probe(pool_states(hidden, phase.mask, probe.pool, probe.span)))
+
+    def read_prompt(args: tuple, kwargs: dict[str, Any], past: int | None) -> None:
+        """The gate model's decision, from the prompt's token ids, before the steered model's first layer."""
+        ids = kwargs.get("input_ids")
+        if ids is None and args and isinstance(args[0], Tensor) and not args[0].is_floating_point():
+            ids = args[0]
+        if ids is None:
+            raise RuntimeError("this bundle's gate model reads the prompt's token ids: call the model with input_ids")
+        if past:
+            raise RuntimeError(
+                "this bundle's gate model reads the whole prompt, and this forward continues a cached one: "
+                "pass the whole conversation as the prompt"
+            )
+        check_mask(ids.shape[0])
+        decide(reader.logits(ids, phase.mask).to(device))
 
     handles = []
     try:
         handles.append(model.register_forward_pre_hook(model_pre_hook, with_kwargs=True))
-        if probe is not None:
+        if probe is not None and reader is None:
             assert bundle.gate_layer is not None
             handles.append(
                 layer_modules[bundle.gate_layer].register_forward_pre_hook(gate_hook, with_kwargs=True, prepend=True)
