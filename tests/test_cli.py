@@ -148,6 +148,27 @@ def test_bench_verb_writes_its_results_file(tmp_path):
     assert "decode" in (tmp_path / "t-tiny.md").read_text()
 
 
+def test_bench_times_a_gate_model_in_the_routed_mode(tmp_path, monkeypatch):
+    from eds.probe import GateModel
+
+    calls = []
+    logits = GateModel.logits
+    monkeypatch.setattr(GateModel, "logits", lambda self, ids, mask: calls.append(ids.shape) or logits(self, ids, mask))
+    args = ["bench", "--config", "tiny", "--batch-sizes", "2", "--prompt-len", "8", "--new-tokens", "3", "--route"]
+    res = runner.invoke(
+        app, [*args, "--gate-config", "tiny", "--gate-layer", "1", "--repeats", "1", "--out-dir", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(next(tmp_path.glob("*-tiny.json")).read_text())
+    assert doc["bundle"]["gate_model"] == {"config": "tiny", "layer": 1}
+    assert set(doc["results"][0]["ratios"]) == {"always", "gated", "routed"}
+    # once per routed generate (prefill and full, warm-up and repeat): the prompt, never a decode step
+    assert calls == [(2, 8)] * 4
+    assert "a gate model" in next(tmp_path.glob("*-tiny.md")).read_text()
+    res = runner.invoke(app, ["bench", "--config", "tiny", "--gate-config", "tiny"])
+    assert res.exit_code == 2 and "add --route" in res.output
+
+
 def test_bench_profile_only_skips_the_whole_generate_timings(tmp_path):
     args = ["bench", "--config", "tiny", "--prompt-len", "8", "--new-tokens", "3", "--profile-only"]
     res = runner.invoke(app, [*args, "--profile-batches", "2", "--out-dir", str(tmp_path), "--tag", "p"])

@@ -48,7 +48,7 @@ COMMAND = ["python3", "benchmarks/steer_speed.py"]  # how this run was started, 
 from eds.bundle import EnergyBundle, SteerSettings  # noqa: E402
 from eds.cpu_linear import pack_linears, packed_count, should_pack  # noqa: E402
 from eds.energy import EnergyMLP  # noqa: E402
-from eds.models import Fingerprint, cache_keyword, find_layers, load_dtype  # noqa: E402
+from eds.models import Fingerprint, LoadedModel, cache_keyword, find_layers, load_dtype  # noqa: E402
 from eds.probe import GATE_WIDTH, HarmProbe  # noqa: E402
 from eds.steer import steer, steer_states  # noqa: E402
 from eds.testing import TINY_CONFIGS, random_model  # noqa: E402
@@ -193,15 +193,26 @@ def build_bundle(model: Any, args: argparse.Namespace, device: torch.device) -> 
         steering=SteerSettings(eta=args.eta, steps=args.steps, mode="always", positions="all", harm_gate=False),
     )
     if args.route:  # a random gate at the first steered layer (about half the rows flagged) and refuse models
-        probe = HarmProbe(hidden, GATE_WIDTH).to(device)
-        states = out.hidden_states[layers[0]][:, -1].float()
-        probe.mean.copy_(states.mean(0))
-        probe.std.copy_(states.std(0).clamp_min(1e-3))
-        bundle.set_gate(probe, layers[0], float(probe(states).median()))
+        gate_layer, reader, states = layers[0], None, out.hidden_states[layers[0]][:, -1].float()
+        if args.gate_config:  # the gate reads a second random model of that config (a gate model) instead
+            gate_model, _ = build_model(args.gate_config, args, device)
+            reader = LoadedModel(gate_model, None, args.gate_config, "model.layers", Fingerprint.of(gate_model))
+            gate_layer = min(args.gate_layer, reader.fingerprint.num_layers - 1)
+            with torch.inference_mode():
+                states = gate_model.model(input_ids=ids, output_hidden_states=True).hidden_states[gate_layer][:, -1]
+        probe = HarmProbe(states.shape[-1], GATE_WIDTH).to(device).requires_grad_(False)
+        probe.mean.copy_(states.float().mean(0))
+        probe.std.copy_(states.float().std(0).clamp_min(1e-3))
+        fp = None if reader is None else reader.fingerprint
+        bundle.set_gate(probe, gate_layer, float(probe(states).median()), reader=fp)
+        bundle.gate_model = reader
         bundle.refuse_models = {layer: copy.deepcopy(m) for layer, m in models.items()}
         bundle.refuse_thresholds = dict(thresholds)
     nbytes = sum(t.numel() * t.element_size() for m in models.values() for t in [*m.parameters(), *m.buffers()])
-    return bundle, {"layers": layers, "num_layers": n_layers, "energy": info, "energy_bytes": nbytes}
+    binfo = {"layers": layers, "num_layers": n_layers, "energy": info, "energy_bytes": nbytes}
+    if bundle.gate_reader is not None:
+        binfo["gate_model"] = {"config": args.gate_config, "layer": bundle.gate_layer}
+    return bundle, binfo
 
 
 # ----------------------------------------------------------------------------- timing
@@ -644,6 +655,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"steps {mt['settings']['steps']}, eta {mt['settings']['eta']}, "
         f"energy widths {next(iter(doc['bundle']['energy'].values()))['widths']}, "
         f"energy models {doc['bundle']['energy_bytes'] / 2**20:.1f} MiB on the device",
+        *(
+            [f"- routed: the gate reads a random {g['config']} (a gate model), run up to its layer {g['layer']}"]
+            if (g := doc["bundle"].get("gate_model"))
+            else []
+        ),
         f"- prompt {mt['settings']['prompt_len']} random tokens, {mt['settings']['new_tokens']} new tokens "
         f"(greedy, min_new_tokens = max_new_tokens), {mt['settings']['repeats']} interleaved repeats "
         f"after {mt['settings']['warmup']} warm-up",
@@ -769,6 +785,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         help="also time 'routed': always-on steering with a harm gate and refuse models (two energy models a layer)",
     )
     ap.add_argument(
+        "--gate-config",
+        choices=sorted(CONFIGS),
+        help="with --route: the gate reads a second random model of this config (a gate model, run on each "
+        "prompt at prefill up to --gate-layer), e.g. qwen2.5-1.5b beside a qwen2.5-0.5b steered model",
+    )
+    ap.add_argument("--gate-layer", type=int, default=12, help="the gate model's layer (with --gate-config)")
+    ap.add_argument(
         "--bundle-device",
         choices=["model", "cpu"],
         default="model",
@@ -812,6 +835,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args.argv = argv
     if args.new_tokens < 2:
         ap.error("--new-tokens must be at least 2 (decode = all tokens after the first)")
+    if args.gate_config and not args.route:
+        ap.error("--gate-config times the routed mode's gate: add --route")
 
     args.profile = args.profile or args.profile_only
     device = device_of(args)
