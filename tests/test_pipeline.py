@@ -114,6 +114,51 @@ def test_main_job_passes_gate_options_to_the_tune(tmp_path, tiny, monkeypatch):
     assert seen[-1].gate_recall == (0.97, 0.99) and seen[-1].route_recall == (None,)
 
 
+def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch):
+    """`eds run --gate-model`: the gate reads the gate model's states; a rerun reuses the bundle and the
+    loaded gate model; without the option the bundle is retrained."""
+    import eds.tune
+    from eds.models import load_model
+    from eds.testing import tiny_model
+
+    for name, lm in (("steered", tiny), ("reader", tiny_model("qwen2", layers=4, hidden=48, seed=1))):
+        lm.model.save_pretrained(tmp_path / name)  # both loaded alike: the same tokenizer class
+        lm.tokenizer.save_pretrained(tmp_path / name)
+    steered = load_model(str(tmp_path / "steered"), dtype="float32")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(lm, bundle, cfg, **kw):
+        seen.append(bundle)
+        raise Stop
+
+    monkeypatch.setattr(eds.tune, "tune", fake_tune)
+    cfg = RunConfig(
+        out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, gate_model=str(tmp_path / "reader")
+    )
+    with pytest.raises(Stop):
+        run(cfg, lm=steered)
+    bundle = seen[-1]
+    assert bundle.gate_reader.hidden_size == 48 and bundle.gate_model.name == str(tmp_path / "reader")
+    assert bundle.gate_metrics["states_read_by"]["model"] == str(tmp_path / "reader")
+    monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
+    with pytest.raises(Stop):
+        run(cfg, lm=steered)
+    assert seen[-1].gate_reader == bundle.gate_reader and seen[-1].gate_model is not None
+
+    class Retrained(Exception):
+        pass
+
+    def retrain(*a, **k):
+        raise Retrained
+
+    monkeypatch.setattr(pipeline, "make_bundle", retrain)
+    with pytest.raises(Retrained):
+        run(replace(cfg, gate_model=None), lm=steered)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
