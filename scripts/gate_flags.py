@@ -39,21 +39,24 @@ def trained_system_prompt(bundle: EnergyBundle) -> str | None:
 
 def gate_logits(lm, bundle: EnergyBundle, prompts: list[str], batch_size: int = 16) -> list[float]:
     """The gate's harmfulness logit of each prompt (its states entering the gate layer, pooled as the gate
-    pools them while steering)."""
+    pools them while steering; a bundle with a gate model reads that model's states, loaded as steering
+    loads it)."""
     if bundle.gate is None or bundle.gate_layer is None:
         raise SystemExit("this bundle has no harmfulness gate")
-    probe = bundle.gate_on(lm.device)
+    reader = lm if bundle.gate_reader is None else bundle.gate_model_for(lm)
+    probe = bundle.gate_on(reader.device)
     states = gate_states(
-        lm,
+        reader,
         prompts,
         [bundle.gate_layer],
         probe.pool,
         system_prompt=trained_system_prompt(bundle),
+        encoder=lm,
         batch_size=batch_size,
         progress=False,
     )
     with torch.no_grad():
-        return probe(states[bundle.gate_layer].to(lm.device)).tolist()
+        return probe(states[bundle.gate_layer].to(reader.device)).tolist()
 
 
 def val_table(columns: list[tuple[str, list[bool]]], sources: dict[tuple[str, str], list[int]]) -> None:
