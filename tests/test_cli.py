@@ -161,8 +161,8 @@ def test_bench_times_a_gate_model_in_the_routed_mode(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     doc = json.loads(next(tmp_path.glob("*-tiny.json")).read_text())
     assert doc["bundle"]["gate_model"] == {"config": "tiny", "layer": 1}
-    assert set(doc["results"][0]["ratios"]) == {"always", "gated", "routed"}
-    # once per routed generate (prefill and full, warm-up and repeat): the prompt, never a decode step
+    assert set(doc["results"][0]["ratios"]) == {"always", "gated", "routed", "routed-gate-model"}
+    # once per generate of that mode (prefill and full, warm-up and repeat): the prompt, never a decode step
     assert calls == [(2, 8)] * 4
     assert "a gate model" in next(tmp_path.glob("*-tiny.md")).read_text()
     res = runner.invoke(app, ["bench", "--config", "tiny", "--gate-config", "tiny"])

@@ -100,10 +100,12 @@ MODES = ("plain", "always", "gated")
 #: `--route`: also time always-on steering with the harmfulness gate and routing (flagged rows toward refusal
 #: with a second set of energy models), the setting `eds tune` chose for the default model
 ROUTED = "routed"
+#: `--gate-config`: the routed mode with its gate read from a second model (a gate model) at prefill
+ROUTED_GATE_MODEL = "routed-gate-model"
 
 
 def steer_kwargs(mode: str) -> dict[str, Any]:
-    if mode == ROUTED:
+    if mode in (ROUTED, ROUTED_GATE_MODEL):
         return {"mode": "always", "harm_gate": True, "route": True}
     return {"mode": mode, "harm_gate": False, "route": False}
 
@@ -193,26 +195,40 @@ def build_bundle(model: Any, args: argparse.Namespace, device: torch.device) -> 
         steering=SteerSettings(eta=args.eta, steps=args.steps, mode="always", positions="all", harm_gate=False),
     )
     if args.route:  # a random gate at the first steered layer (about half the rows flagged) and refuse models
-        gate_layer, reader, states = layers[0], None, out.hidden_states[layers[0]][:, -1].float()
-        if args.gate_config:  # the gate reads a second random model of that config (a gate model) instead
-            gate_model, _ = build_model(args.gate_config, args, device)
-            reader = LoadedModel(gate_model, None, args.gate_config, "model.layers", Fingerprint.of(gate_model))
-            gate_layer = min(args.gate_layer, reader.fingerprint.num_layers - 1)
-            with torch.inference_mode():
-                states = gate_model.model(input_ids=ids, output_hidden_states=True).hidden_states[gate_layer][:, -1]
-        probe = HarmProbe(states.shape[-1], GATE_WIDTH).to(device).requires_grad_(False)
-        probe.mean.copy_(states.float().mean(0))
-        probe.std.copy_(states.float().std(0).clamp_min(1e-3))
-        fp = None if reader is None else reader.fingerprint
-        bundle.set_gate(probe, gate_layer, float(probe(states).median()), reader=fp)
-        bundle.gate_model = reader
+        probe, threshold = random_gate(out.hidden_states[layers[0]][:, -1], device)
+        bundle.set_gate(probe, layers[0], threshold)
         bundle.refuse_models = {layer: copy.deepcopy(m) for layer, m in models.items()}
         bundle.refuse_thresholds = dict(thresholds)
     nbytes = sum(t.numel() * t.element_size() for m in models.values() for t in [*m.parameters(), *m.buffers()])
-    binfo = {"layers": layers, "num_layers": n_layers, "energy": info, "energy_bytes": nbytes}
-    if bundle.gate_reader is not None:
-        binfo["gate_model"] = {"config": args.gate_config, "layer": bundle.gate_layer}
-    return bundle, binfo
+    return bundle, {"layers": layers, "num_layers": n_layers, "energy": info, "energy_bytes": nbytes}
+
+
+def random_gate(states: torch.Tensor, device: torch.device) -> tuple[HarmProbe, float]:
+    """A random gate on last-token `states` [N, H] (input statistics from them) and the threshold that
+    flags about half of them."""
+    probe = HarmProbe(states.shape[-1], GATE_WIDTH).to(device).requires_grad_(False)
+    probe.mean.copy_(states.float().mean(0))
+    probe.std.copy_(states.float().std(0).clamp_min(1e-3))
+    return probe, float(probe(states).median())
+
+
+def gate_model_bundle(bundle: EnergyBundle, args: argparse.Namespace, device: torch.device) -> EnergyBundle:
+    """The routed bundle with its gate read from a second random model of `args.gate_config` (a gate
+    model, run on each prompt at prefill up to `args.gate_layer`) instead of the steered model's layer."""
+    from dataclasses import replace
+
+    gate_model, _ = build_model(args.gate_config, args, device)
+    reader = LoadedModel(gate_model, None, args.gate_config, "model.layers", Fingerprint.of(gate_model))
+    layer = min(args.gate_layer, reader.fingerprint.num_layers - 1)
+    g = torch.Generator().manual_seed(args.seed + 3)
+    ids = torch.randint(0, reader.fingerprint.vocab_size, (4, min(args.prompt_len, 128)), generator=g).to(device)
+    with torch.inference_mode():
+        states = gate_model.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][:, -1]
+    variant = replace(bundle)
+    probe, threshold = random_gate(states, device)
+    variant.set_gate(probe, layer, threshold, reader=reader.fingerprint)
+    variant.gate_model = reader
+    return variant
 
 
 # ----------------------------------------------------------------------------- timing
@@ -257,20 +273,29 @@ def run_once(model: Any, bundle: EnergyBundle, mode: str, kw: dict, device: torc
     return res
 
 
-def bench_batch(model: Any, bundle: EnergyBundle, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
+def bench_batch(
+    model: Any,
+    bundle: EnergyBundle,
+    batch: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    variants: dict[str, EnergyBundle] | None = None,
+) -> dict:
+    """Every mode at one batch size, interleaved; `variants` gives modes their own bundle (default `bundle`)."""
+    variants = variants or {}
     vocab = model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(args.seed + batch)
     ids = torch.randint(1, vocab, (batch, args.prompt_len), generator=g).to(device)
     mask = torch.ones_like(ids)
     kw_pre, kw_full = gen_kwargs(ids, mask, 1), gen_kwargs(ids, mask, args.new_tokens)
-    modes = MODES + ((ROUTED,) if args.route else ())
+    modes = MODES + ((ROUTED,) if args.route else ()) + tuple(variants)
     raw: dict[str, dict[str, list]] = {m: {"prefill": [], "full": [], "peak": [], "moved": []} for m in modes}
     for rep in range(args.warmup + args.repeats):
         k = rep % len(modes)
         order = modes[k:] + modes[:k]  # rotate so no mode always runs first
         for mode in order:
-            p = run_once(model, bundle, mode, kw_pre, device)
-            f = run_once(model, bundle, mode, kw_full, device)
+            p = run_once(model, variants.get(mode, bundle), mode, kw_pre, device)
+            f = run_once(model, variants.get(mode, bundle), mode, kw_full, device)
             assert f["len"] == args.prompt_len + args.new_tokens, f"{mode}: stopped early ({f['len']})"
             if rep < args.warmup:
                 continue
@@ -656,7 +681,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"energy widths {next(iter(doc['bundle']['energy'].values()))['widths']}, "
         f"energy models {doc['bundle']['energy_bytes'] / 2**20:.1f} MiB on the device",
         *(
-            [f"- routed: the gate reads a random {g['config']} (a gate model), run up to its layer {g['layer']}"]
+            [
+                f"- {ROUTED_GATE_MODEL}: routed, its gate read from a random {g['config']} (a gate model) run on "
+                f"the prompt up to its layer {g['layer']}; routed: the gate at the first steered layer"
+            ]
             if (g := doc["bundle"].get("gate_model"))
             else []
         ),
@@ -787,8 +815,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument(
         "--gate-config",
         choices=sorted(CONFIGS),
-        help="with --route: the gate reads a second random model of this config (a gate model, run on each "
-        "prompt at prefill up to --gate-layer), e.g. qwen2.5-1.5b beside a qwen2.5-0.5b steered model",
+        help="with --route: also time routed steering whose gate reads a second random model of this config "
+        "(a gate model, run on each prompt at prefill up to --gate-layer), e.g. qwen2.5-1.5b beside a 0.5B",
     )
     ap.add_argument("--gate-layer", type=int, default=12, help="the gate model's layer (with --gate-config)")
     ap.add_argument(
@@ -851,6 +879,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         model, label = build_model(name, args, device)
         print(f"built {label} in {time.perf_counter() - t0:.1f} s", flush=True)
         bundle, binfo = build_bundle(model, args, device)
+        variants = {}
+        if args.gate_config:
+            variants[ROUTED_GATE_MODEL] = gate_model_bundle(bundle, args, device)
+            binfo["gate_model"] = {"config": args.gate_config, "layer": variants[ROUTED_GATE_MODEL].gate_layer}
         doc: dict[str, Any] = {
             "model": label.removeprefix("model:"),
             "random_weights": not label.startswith("model:"),
@@ -863,7 +895,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         }
         for b in [] if args.profile_only else args.batch_sizes:
             t1 = time.perf_counter()
-            doc["results"].append(bench_batch(model, bundle, b, args, device))
+            doc["results"].append(bench_batch(model, bundle, b, args, device, variants))
             r = doc["results"][-1]["ratios"]
             print(
                 f"  batch {b}: decode overhead always {r['always']['decode_overhead_pct']:+.1f}% "
