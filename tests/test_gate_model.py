@@ -16,6 +16,14 @@ from eds.testing import random_bundle, tiny_model
 PROMPTS = ["Where can I buy a can of coke?", "How do I kill a Python process that hangs forever and ever?", "Hi"]
 
 
+@pytest.fixture(autouse=True)
+def _no_gate_model_kept():
+    """Each test starts and ends without a gate model held by the process, so none hides a missing one."""
+    _GATE_MODELS.clear()
+    yield
+    _GATE_MODELS.clear()
+
+
 @pytest.fixture(scope="module")
 def reader():
     """A gate model: another shape (4 layers, hidden 48) and weights, the same tokenizer as `tiny`."""
@@ -40,10 +48,27 @@ def gated_bundle(tiny, reader, layer=3, pool="user", route=False):
     return bundle, logits
 
 
+def alone(tiny, reader, layer, pool):
+    """Each prompt's pooled gate-model states, read alone (no padding), the obvious way: all hidden
+    states of an unpadded forward, the user's text cut out by its characters' token offsets."""
+    out = []
+    for p in PROMPTS:
+        text = tiny.chat_texts([p])[0]
+        enc = tiny.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+        with torch.no_grad():
+            h = reader.model(input_ids=enc["input_ids"], output_hidden_states=True).hidden_states[layer][0]
+        start = text.rindex(p)
+        user = torch.tensor([a < start + len(p) and b > start for a, b in enc["offset_mapping"][0].tolist()])
+        out.append(h[-1] if pool == "last" else h[user].float().mean(0))
+    return torch.stack(out).float()
+
+
 def test_gate_model_decides_as_trained_and_flagged_rows_stay_exactly_unsteered(tiny, reader, monkeypatch):
     from eds.probe import GateModel
 
     bundle, want = gated_bundle(tiny, reader)  # layer 3: past tiny's first steered layer, and tiny has 3
+    with torch.no_grad():  # what training read is each prompt's own states, whatever it was batched with
+        assert torch.allclose(want, bundle.gate(alone(tiny, reader, 3, "user")), atol=1e-4)
     flagged = int(want.argmax())
     seen = []
     logits = GateModel.logits
@@ -71,13 +96,18 @@ def test_gate_model_decides_as_trained_and_flagged_rows_stay_exactly_unsteered(t
     assert torch.equal(steered.hidden_states[2][flagged], base.hidden_states[2][flagged])
     other = (flagged + 1) % 3
     assert not torch.allclose(steered.hidden_states[2][other, -1], base.hidden_states[2][other, -1])
+    monkeypatch.setattr("eds.models.load_model", lambda *a, **k: pytest.fail("loaded a gate model"))
     with steer(tiny, bundle, eta=0.2, harm_gate=False) as handle:  # no gate: nothing loaded, all rows move
         tiny.model.generate(**enc, max_new_tokens=2, do_sample=False)
     assert (handle.stats.moved > 0).all()
+    with pytest.raises(BundleError, match="the steered model itself"), steer(tiny, bundle, gate_model=tiny):
+        pass  # its forward would call these hooks again
 
 
 def test_routed_gate_model_steers_flagged_rows_toward_refusal(tiny, reader):
     bundle, want = gated_bundle(tiny, reader, layer=1, pool="last", route=True)
+    with torch.no_grad():
+        assert torch.allclose(want, bundle.gate(alone(tiny, reader, 1, "last")), atol=1e-4)
     flagged = int(want.argmax())
     enc = tiny.encode(PROMPTS)
     with torch.no_grad():
@@ -110,7 +140,7 @@ def test_gate_model_round_trips_and_is_part_of_the_digest(tiny, reader, tmp_path
         renamed.set_gate(HarmProbe(tiny.fingerprint.hidden_size), 3, 0.0)  # the steered model's own: too late
 
 
-def test_a_gate_model_of_another_shape_or_tokenizer_is_refused(tiny, reader):
+def test_a_gate_model_of_another_shape_or_tokenizer_is_refused(tiny, reader, tmp_path):
     import copy
 
     bundle, _ = gated_bundle(tiny, reader)
@@ -124,6 +154,13 @@ def test_a_gate_model_of_another_shape_or_tokenizer_is_refused(tiny, reader):
         pass
     with pytest.raises(BundleError, match="pass it as gate_model"), steer(tiny.model, bundle):
         pass  # a bare model: nothing to load the gate model's name with
+    from dataclasses import replace
+
+    moved = random_bundle(tiny, layers=(1, 2))
+    gone = replace(reader.fingerprint, name=str(tmp_path / "moved-away"))  # a folder no longer there
+    moved.set_gate(bundle.gate, 3, bundle.gate_threshold, reader=gone)
+    with pytest.raises(BundleError, match="cannot be loaded by that name here"), steer(tiny, moved):
+        pass
     with pytest.raises(ValueError, match="tokenizers differ"):
         gate_states(reader, PROMPTS, [1], "last", encoder=renumbered, progress=False)
 

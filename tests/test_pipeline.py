@@ -146,7 +146,7 @@ def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
     with pytest.raises(Stop):
         run(cfg, lm=steered)
-    assert seen[-1].gate_reader == bundle.gate_reader and seen[-1].gate_model is not None
+    assert seen[-1].gate_reader == bundle.gate_reader and seen[-1].gate_model is bundle.gate_model  # not reloaded
 
     class Retrained(Exception):
         pass
@@ -163,6 +163,7 @@ def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch):
     ("options", "message"),
     [
         ({"harm_gate": False, "route": False, "gate_recalls": (0.9,)}, "need the harm gate"),
+        ({"harm_gate": False, "route": False, "gate_model": "any"}, "need the harm gate"),
         ({"route": False, "route_recalls": (None, 0.9)}, "needs --route"),
         ({"gate_recalls": (0.93,)}, r"no gate threshold is stored for recall \[0.93\]"),
         ({"route_recalls": (0.9, 0.91)}, r"recall \[0.91\]"),

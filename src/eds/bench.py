@@ -218,8 +218,15 @@ def gate_model_bundle(bundle: EnergyBundle, args: argparse.Namespace, device: to
     from dataclasses import replace
 
     gate_model, _ = build_model(args.gate_config, args, device)
-    reader = LoadedModel(gate_model, None, args.gate_config, "model.layers", Fingerprint.of(gate_model))
-    layer = min(args.gate_layer, reader.fingerprint.num_layers - 1)
+    fp = Fingerprint.of(gate_model, name=args.gate_config)
+    if fp.vocab_size != bundle.fingerprint.vocab_size:  # it reads the steered model's token ids
+        raise SystemExit(
+            f"--gate-config {args.gate_config}: vocabulary of {fp.vocab_size}, the steered model's is "
+            f"{bundle.fingerprint.vocab_size}; a gate model reads the steered model's token ids"
+        )
+    if not 0 <= args.gate_layer < fp.num_layers:
+        raise SystemExit(f"--gate-layer {args.gate_layer} is not in {args.gate_config}'s 0..{fp.num_layers - 1}")
+    reader, layer = LoadedModel(gate_model, None, args.gate_config, "model.layers", fp), args.gate_layer
     g = torch.Generator().manual_seed(args.seed + 3)
     ids = torch.randint(0, reader.fingerprint.vocab_size, (4, min(args.prompt_len, 128)), generator=g).to(device)
     with torch.inference_mode():

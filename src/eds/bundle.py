@@ -42,6 +42,19 @@ class BundleError(ValueError):
     """A bundle is damaged, malformed, or made for another model."""
 
 
+def load_gate_model(name: str, lm: LoadedModel) -> LoadedModel:
+    """`name` loaded as a gate model beside the steered model `lm` (in its dtype, on its device), or the
+    copy of it this process already holds."""
+    key = (name, lm.dtype_name, str(lm.device))
+    if key not in _GATE_MODELS:
+        from .models import load_model
+
+        model = load_model(name, dtype=lm.dtype_name, device=str(lm.device))
+        _GATE_MODELS.clear()
+        _GATE_MODELS[key] = model
+    return _GATE_MODELS[key]
+
+
 @dataclass
 class SteerSettings:
     """How to steer: `eta` is the step length relative to ‖h‖ at each position; `positions` is
@@ -131,27 +144,38 @@ class EnergyBundle:
 
     def gate_model_for(self, lm: LoadedModel | None, gate_model: LoadedModel | None = None) -> LoadedModel:
         """The gate model this bundle's gate reads, checked against the steered model `lm`: `gate_model`
-        if given, else the one loaded before, else loaded now by the name it was trained with (a
-        built-in, hub id or folder), in `lm`'s dtype and on its device, and kept for later calls."""
+        if given, else the one used before (if in `lm`'s dtype and on its device), else loaded now by the
+        name it was trained with (a built-in, hub id or folder) in `lm`'s dtype and on its device. The
+        model used is kept on the bundle and, one at a time, for other bundles of this process."""
         if self.gate_reader is None:
             raise BundleError("this bundle's gate reads the steered model's own states: it has no gate model")
-        model = gate_model or self.gate_model
+        name = self.gate_reader.name
+        model = gate_model
         if model is None and lm is not None:
-            model = _GATE_MODELS.get((self.gate_reader.name, lm.dtype_name, str(lm.device)))
+            want = (lm.dtype_name, str(lm.device))
+            kept = self.gate_model if self.gate_model is not None else _GATE_MODELS.get((name, *want))
+            model = kept if kept is not None and (kept.dtype_name, str(kept.device)) == want else None
+        elif model is None:
+            model = self.gate_model
         if model is None:
-            if lm is None:
+            if lm is None or not name:
                 raise BundleError(
-                    f"this bundle's gate reads {self.gate_reader.name or 'another model'}'s states: load it "
-                    "and pass it as gate_model"
+                    f"this bundle's gate reads {name or 'another model'}'s states: load it and pass it as gate_model"
                 )
-            from .models import load_model
-
-            model = load_model(self.gate_reader.name, dtype=lm.dtype_name, device=str(lm.device))
+            try:
+                model = load_gate_model(name, lm)
+            except ModelError as e:
+                raise BundleError(
+                    f"this bundle's gate reads the states of its gate model {name!r}, which cannot be loaded by "
+                    f"that name here ({e}); load it yourself and pass it as gate_model"
+                ) from None
+        if lm is not None and model.model is lm.model:
+            raise BundleError("the gate model is the steered model itself: train the gate without --gate-model")
         bad = self.gate_reader.mismatches(model.fingerprint)
         if bad:
             raise BundleError(
-                f"this bundle's gate was trained on {self.gate_reader.name or 'another model'}'s states and does "
-                f"not fit {model.fingerprint.name or 'the gate model given'}: " + "; ".join(bad)
+                f"this bundle's gate was trained on {name or 'another model'}'s states and does not fit "
+                f"{model.fingerprint.name or 'the gate model given'}: " + "; ".join(bad)
             )
         if lm is not None and model.tokenizer_digest() != lm.tokenizer_digest():
             raise BundleError(

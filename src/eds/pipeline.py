@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import assets
-from .bundle import BundleError, EnergyBundle, SteerSettings
+from .bundle import BundleError, EnergyBundle, SteerSettings, load_gate_model
 from .collect import CollectConfig, Collection, CollectionError, collect, collection_dtypes, open_collections
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
@@ -292,8 +292,8 @@ def check_gate_options(cfg: RunConfig) -> None:
     """Gate thresholds the tune is to try must exist in the bundle it will train, and a three-way gate
     needs routing: said before collection, not at the first val candidate twenty minutes later."""
     routes = [r for r in cfg.route_recalls if r is not None]
-    if (cfg.gate_recalls or routes) and not cfg.harm_gate:
-        raise ValueError("gate and route recalls need the harm gate (drop --no-harm-gate)")
+    if (cfg.gate_recalls or routes or cfg.gate_model) and not cfg.harm_gate:
+        raise ValueError("gate and route recalls and a gate model need the harm gate (drop --no-harm-gate)")
     if routes and not cfg.route:
         raise ValueError("a route recall sets a three-way gate, which steers flagged rows to refusal: needs --route")
     stored = stored_recalls(cfg.gate_recall)
@@ -316,7 +316,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = lm or load_model(cfg.model, dtype=cfg.dtype)
-    gate_lm = load_model(cfg.gate_model, dtype=lm.dtype_name, device=str(lm.device)) if cfg.gate_model else None
+    gate_lm = load_gate_model(cfg.gate_model, lm) if cfg.gate_model and cfg.harm_gate else None
 
     console.rule("[bold]1. collect (train splits)")
     if cfg.collection:

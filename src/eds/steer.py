@@ -177,8 +177,10 @@ def steer(
     harm_gate, route overrides them. With `route`, rows the harm gate flags are steered by the
     bundle's refuse models (toward refusal) instead of being left alone. A bundle whose gate reads
     another model's states runs that model (`gate_model`, by default loaded once by the name the bundle
-    records) on each prompt's token ids before the first layer. Nesting is allowed (the steering
-    composes), and so is re-entering."""
+    records) on each prompt's token ids before the first layer: once per prompt when generating with
+    a KV cache (without one, every forward is a whole prompt and is read again, as the steered model's
+    own gate does). A static cache hides whether a forward continues a conversation; it is then taken
+    for a new prompt. Nesting is allowed (the steering composes), and so is re-entering."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
     # warnings point at the user's `with steer(...)`: past this generator and contextlib's __enter__
     bundle.check(lm if isinstance(lm, LoadedModel) else Fingerprint.of(model), stacklevel=4)
@@ -273,6 +275,8 @@ def steer(
     probe, reader = None, None
     if settings.harm_gate and bundle.gate_layer is not None and bundle.gate_reader is not None:
         gm = bundle.gate_model_for(lm if isinstance(lm, LoadedModel) else None, gate_model)
+        if gm.model is model:  # its forward would run these hooks again, and again
+            raise BundleError("the gate model is the steered model itself: train the gate without --gate-model")
         reader = GateModel(gm, bundle.gate_layer, bundle.gate_on(gm.device))
         probe = reader.probe
     elif settings.harm_gate and bundle.gate_layer is not None:
