@@ -9,6 +9,14 @@ from eds.pipeline import RunConfig, run
 from eds.train import labels_digest
 
 
+class Retrained(Exception):
+    """Raised where the main job would train its bundle."""
+
+
+def retrain(*a, **k):
+    raise Retrained
+
+
 def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     cfg = RunConfig(
         out=str(tmp_path / "run"),
@@ -52,12 +60,6 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
     assert (tmp_path / "run" / "tune" / "base.jsonl").read_text().count("\n") == lines
 
     # ... but a gate that should not (or should differently) learn the gate-only prompts is retrained
-    class Retrained(Exception):
-        pass
-
-    def retrain(*a, **k):
-        raise Retrained
-
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(replace(cfg, gate_data=()), lm=tiny)
@@ -91,33 +93,39 @@ def test_main_job_end_to_end_on_a_tiny_model(tmp_path, tiny, monkeypatch):
         run(cfg, lm=tiny)
 
 
-def test_main_job_passes_gate_options_to_the_tune(tmp_path, tiny, monkeypatch):
-    """Tried gate thresholds reach the tune as given; none given: the bundle's own threshold."""
+class Stop(Exception):
+    """Raised where the main job would start its tune."""
+
+
+@pytest.fixture
+def tune_calls(monkeypatch):
+    """The main job stops at its tune; the list gets each call's (bundle, TuneConfig)."""
     import eds.tune
 
     seen = []
 
-    class Stop(Exception):
-        pass
-
     def fake_tune(lm, bundle, cfg, **kw):
-        seen.append(cfg)
+        seen.append((bundle, cfg))
         raise Stop
 
     monkeypatch.setattr(eds.tune, "tune", fake_tune)
+    return seen
+
+
+def test_main_job_passes_gate_options_to_the_tune(tmp_path, tiny, tune_calls):
+    """Tried gate thresholds reach the tune as given; none given: the bundle's own threshold."""
     cfg = RunConfig(out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, max_new_tokens=2)
     with pytest.raises(Stop):
         run(cfg, lm=tiny)
-    assert seen[-1].gate_recall == (None,) and seen[-1].route_recall == (None,)
+    assert tune_calls[-1][1].gate_recall == (None,) and tune_calls[-1][1].route_recall == (None,)
     with pytest.raises(Stop):
         run(replace(cfg, gate_recalls=(0.97, 0.99)), lm=tiny)
-    assert seen[-1].gate_recall == (0.97, 0.99) and seen[-1].route_recall == (None,)
+    assert tune_calls[-1][1].gate_recall == (0.97, 0.99) and tune_calls[-1][1].route_recall == (None,)
 
 
-def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch):
+def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch, tune_calls):
     """`eds run --gate-model`: the gate reads the gate model's states; a rerun reuses the bundle and the
     loaded gate model; without the option the bundle is retrained."""
-    import eds.tune
     from eds.models import load_model
     from eds.testing import tiny_model
 
@@ -125,35 +133,19 @@ def test_main_job_trains_and_reuses_a_gate_model(tmp_path, tiny, monkeypatch):
         lm.model.save_pretrained(tmp_path / name)  # both loaded alike: the same tokenizer class
         lm.tokenizer.save_pretrained(tmp_path / name)
     steered = load_model(str(tmp_path / "steered"), dtype="float32")
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake_tune(lm, bundle, cfg, **kw):
-        seen.append(bundle)
-        raise Stop
-
-    monkeypatch.setattr(eds.tune, "tune", fake_tune)
     cfg = RunConfig(
         out=str(tmp_path / "run"), collect_limit=40, gate_data=(), route=False, gate_model=str(tmp_path / "reader")
     )
     with pytest.raises(Stop):
         run(cfg, lm=steered)
-    bundle = seen[-1]
+    bundle = tune_calls[-1][0]
     assert bundle.gate_reader.hidden_size == 48 and bundle.gate_model.name == str(tmp_path / "reader")
     assert bundle.gate_metrics["states_read_by"]["model"] == str(tmp_path / "reader")
     monkeypatch.setattr(pipeline, "make_bundle", lambda *a, **k: pytest.fail("the bundle was retrained"))
     with pytest.raises(Stop):
         run(cfg, lm=steered)
-    assert seen[-1].gate_reader == bundle.gate_reader and seen[-1].gate_model is bundle.gate_model  # not reloaded
-
-    class Retrained(Exception):
-        pass
-
-    def retrain(*a, **k):
-        raise Retrained
-
+    again = tune_calls[-1][0]
+    assert again.gate_reader == bundle.gate_reader and again.gate_model is bundle.gate_model  # not reloaded
     monkeypatch.setattr(pipeline, "make_bundle", retrain)
     with pytest.raises(Retrained):
         run(replace(cfg, gate_model=None), lm=steered)
