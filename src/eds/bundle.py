@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from .energy import EnergyMLP, FrozenEnergy, FrozenHeads
 from .io import sha256_file, versions
 from .models import Fingerprint, LoadedModel, ModelError
-from .probe import HarmProbe
+from .probe import HarmProbe, check_same_tokenizer
 
 FORMAT = "eds.bundle/1"
 #: written for bundles whose gate pools the prompt (not the last token): an eds that cannot pool refuses
@@ -169,18 +169,17 @@ class EnergyBundle:
                     f"this bundle's gate reads the states of its gate model {name!r}, which cannot be loaded by "
                     f"that name here ({e}); load it yourself and pass it as gate_model"
                 ) from None
-        if lm is not None and model.model is lm.model:
-            raise BundleError("the gate model is the steered model itself: train the gate without --gate-model")
         bad = self.gate_reader.mismatches(model.fingerprint)
         if bad:
             raise BundleError(
                 f"this bundle's gate was trained on {name or 'another model'}'s states and does not fit "
                 f"{model.fingerprint.name or 'the gate model given'}: " + "; ".join(bad)
             )
-        if lm is not None and model.tokenizer_digest() != lm.tokenizer_digest():
-            raise BundleError(
-                f"the gate model {model.name} does not share {lm.name}'s tokenizer: it cannot read its prompts"
-            )
+        if lm is not None:
+            try:
+                check_same_tokenizer(model, lm)
+            except ValueError as e:
+                raise BundleError(str(e)) from None
         self.gate_model = model
         _GATE_MODELS.clear()
         _GATE_MODELS[(model.name, model.dtype_name, str(model.device))] = model

@@ -18,7 +18,7 @@ from .collect import CollectConfig, Collection, CollectionError, collect, collec
 from .data import GATE_MIXTURE, RECIPE_MIXTURE
 from .io import write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .probe import GATE_WIDTH, POOLS, gate_states, stored_recalls, train_probe
+from .probe import GATE_WIDTH, POOLS, check_same_tokenizer, gate_states, stored_recalls, train_probe
 from .report import make_console
 from .train import (
     TrainConfig,
@@ -189,8 +189,9 @@ def make_bundle(
                     "a gate that reads the prompts through a model needs the collections' model: pass the loaded model"
                 )
             _check_gate_model(gcol, lm)
-        if gate_model is not None and gate_model.tokenizer_digest() != lm.tokenizer_digest():  # type: ignore[union-attr]
-            raise ValueError(f"the gate model {gate_model.name} does not share the collections' model's tokenizer")
+        if gate_model is not None:
+            assert lm is not None
+            check_same_tokenizer(gate_model, lm)
         n_gate = gate_model.fingerprint.num_layers if gate_model is not None else col.num_layers
         if gate_layers is not None and (not gate_layers or min(gate_layers) < 0 or max(gate_layers) >= n_gate):
             raise ValueError(f"gate layers must lie in 0..{n_gate - 1}, got {list(gate_layers)}")
@@ -208,25 +209,24 @@ def make_bundle(
     res = train(col, train_cfg, progress=progress)
     bundle = EnergyBundle.from_training(res, col.fingerprint, steering=steering)
     if harm_gate:
-        first = min(bundle.layers)
         if gate_model is not None:  # it runs before the steered model: any of its layers decides in time
             # past the middle, every prompt's gate forward costs more than anything found to gain from it
             default = range(gate_model.fingerprint.num_layers // 2 + 1)
-            first = gate_model.fingerprint.num_layers
+            candidates = sorted(set(gate_layers)) if gate_layers is not None else list(default)
         else:
-            default = range(first + 1)
-        asked = sorted(set(gate_layers)) if gate_layers is not None else list(default)
-        candidates = [x for x in asked if x <= first]  # the gate decides before any steering
-        if not candidates:
-            raise ValueError(
-                f"gate layers {asked} all come after the first steered layer ({first}): the gate decides "
-                "before any steering"
-            )
-        if len(candidates) < len(asked) and progress:
-            console.print(
-                f"[yellow]gate layers {asked[len(candidates) :]} come after the first steered layer "
-                f"({first}): left out[/]"
-            )
+            first = min(bundle.layers)
+            asked = sorted(set(gate_layers)) if gate_layers is not None else list(range(first + 1))
+            candidates = [x for x in asked if x <= first]  # the gate decides before any steering
+            if not candidates:
+                raise ValueError(
+                    f"gate layers {asked} all come after the first steered layer ({first}): the gate decides "
+                    "before any steering"
+                )
+            if len(candidates) < len(asked) and progress:
+                console.print(
+                    f"[yellow]gate layers {asked[len(candidates) :]} come after the first steered layer "
+                    f"({first}): left out[/]"
+                )
         states, reader = None, gate_model or lm
         if gate_pool != "last" or gate_model is not None:
             assert lm is not None and reader is not None
@@ -349,7 +349,7 @@ def run(cfg: RunConfig | None = None, lm: LoadedModel | None = None) -> RunResul
         "train": json.loads(json.dumps(asdict(tcfg))),
         "gate": gate,
         "gate pool": cfg.gate_pool if cfg.harm_gate else None,
-        "gate model": gate_lm.fingerprint.to_dict() if gate_lm is not None and cfg.harm_gate else None,
+        "gate model": gate_lm.fingerprint.to_dict() if gate_lm is not None else None,  # None without a gate
         "gate-only prompts": gate_only_digest(col, gate_col),  # None without a gate: gate_col is None then
         "route": cfg.route,
         "labels": labels_digest(col.records),  # `eds rejudge` may have moved labels since

@@ -197,6 +197,16 @@ def fit_probe(
     return probe.eval().requires_grad_(False)
 
 
+def check_same_tokenizer(gate_model: LoadedModel, lm: LoadedModel) -> None:
+    """Raise ValueError unless `gate_model` reads token ids as `lm` makes them (equal vocabulary digests):
+    a gate model reads the steered model's prompt ids."""
+    if gate_model.tokenizer_digest() != lm.tokenizer_digest():
+        raise ValueError(
+            f"the gate model {gate_model.name} does not share {lm.name}'s tokenizer (the tokenizers differ): "
+            "it cannot read its prompts"
+        )
+
+
 class _Stop(Exception):
     """Raised by the last hook of `read_pooled`: the layers after it are not needed."""
 
@@ -261,11 +271,8 @@ def gate_states(
     from rich.progress import track
 
     enc_lm = encoder or lm
-    if encoder is not None and encoder is not lm and encoder.tokenizer_digest() != lm.tokenizer_digest():
-        raise ValueError(
-            f"{lm.name} cannot read {encoder.name}'s prompts: their tokenizers differ (a gate model needs the "
-            "steered model's vocabulary)"
-        )
+    if encoder is not None and encoder is not lm:
+        check_same_tokenizer(lm, encoder)
     span = check_user_spans(enc_lm, prompts, system_prompt) if pool == "user" else None
     out: dict[int, list[Tensor]] = {layer: [] for layer in sorted(set(layers))}
     starts = range(0, len(prompts), batch_size)

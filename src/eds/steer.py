@@ -274,9 +274,10 @@ def steer(
 
     probe, reader = None, None
     if settings.harm_gate and bundle.gate_layer is not None and bundle.gate_reader is not None:
-        gm = bundle.gate_model_for(lm if isinstance(lm, LoadedModel) else None, gate_model)
-        if gm.model is model:  # its forward would run these hooks again, and again
+        # its forward would run these hooks again, and again (one loaded by name is never the steered model)
+        if gate_model is not None and gate_model.model is model:
             raise BundleError("the gate model is the steered model itself: train the gate without --gate-model")
+        gm = bundle.gate_model_for(lm if isinstance(lm, LoadedModel) else None, gate_model)
         reader = GateModel(gm, bundle.gate_layer, bundle.gate_on(gm.device))
         probe = reader.probe
     elif settings.harm_gate and bundle.gate_layer is not None:
