@@ -237,7 +237,8 @@ def test_gate_data_trains_the_gate_and_nothing_else(tmp_path, model_folder):
 def test_gate_model_trains_the_gate_on_its_states_and_steers_with_it(tmp_path, model_folder):
     """`eds train --gate-model` reads the gate's states through another model of the same tokenizer; the
     bundle names it, and `eds generate` loads it by that name to gate every prompt."""
-    from eds.testing import tiny_model
+    from eds.models import load_model
+    from eds.testing import random_bundle, tiny_model
 
     reader = tiny_model("qwen2", layers=4, hidden=48, seed=1)
     reader.model.save_pretrained(tmp_path / "reader")
@@ -274,6 +275,31 @@ def test_gate_model_trains_the_gate_on_its_states_and_steers_with_it(tmp_path, m
     assert res.exit_code == 2 and "must lie in 0..3" in res.output
     res = runner.invoke(app, [*train, "--no-harm-gate"])
     assert res.exit_code == 2 and "--gate-model" in res.output
+    # the gate model moved: the recorded name no longer loads, and --gate-model points at the new place
+    from eds.bundle import _GATE_MODELS
+
+    (tmp_path / "reader").rename(tmp_path / "moved")
+    _GATE_MODELS.clear()  # the process would otherwise still hold the copy loaded from the old folder
+    res = runner.invoke(app, [*gen, "--bundle", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "cannot be loaded by that name" in res.output.replace("\n", "")
+    assert "--gate-model NAME_OR_FOLDER" in res.output.replace("\n", "")
+    res = runner.invoke(app, [*gen, "--bundle", str(tmp_path / "b"), "--gate-model", str(tmp_path / "moved")])
+    assert res.exit_code == 0 and "states moved" in res.output, res.output
+    ev = ["eval", "--model", str(model_folder), "--dtype", "float32", "--set", "xstest:test:2", "--no-robustness"]
+    ev += ["--capability", "none", "--max-new-tokens", "2", "--out", str(tmp_path / "ev")]
+    res = runner.invoke(app, [*ev, "--bundle", str(tmp_path / "b")])  # fails before generating anything
+    assert res.exit_code == 2 and not (tmp_path / "ev" / "records" / "refusal-base.jsonl").exists()
+    _GATE_MODELS.clear()
+    res = runner.invoke(app, [*ev, "--bundle", str(tmp_path / "b"), "--gate-model", str(tmp_path / "moved")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ev" / "result.json").read_text())["config"]["gate_model"] == str(tmp_path / "moved")
+    res = runner.invoke(app, [*gen, "--gate-model", str(tmp_path / "moved")])
+    assert res.exit_code == 2 and "give --bundle too" in res.output
+    res = runner.invoke(app, [*gen, "--bundle", str(tmp_path / "b"), "--gate-model", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "cannot be loaded" in res.output
+    random_bundle(load_model(str(model_folder), dtype="float32"), layers=(1,)).save(tmp_path / "own")
+    res = runner.invoke(app, [*gen, "--bundle", str(tmp_path / "own"), "--gate-model", str(tmp_path / "moved")])
+    assert res.exit_code == 2 and "no gate model to replace" in res.output
 
 
 def test_mean_pooled_gate_trains_through_the_collections_model(tmp_path, model_folder, monkeypatch):

@@ -185,6 +185,23 @@ class EnergyBundle:
         _GATE_MODELS[(model.name, model.dtype_name, str(model.device))] = model
         return model
 
+    def prepare_gate_model(self, lm: LoadedModel, name: str | None = None) -> LoadedModel | None:
+        """Load now the gate model steering will run beside the steered model `lm`, so that one that no
+        longer loads fails before any generation: by `name` (e.g. the folder it was moved to) if given,
+        else by the name the bundle records; checked as `gate_model_for` checks any gate model and kept
+        as it keeps one. None when the gate is off or reads `lm` itself."""
+        if name:
+            if self.gate_reader is None:
+                raise BundleError("this bundle has no gate model to replace (a gate, if any, reads the steered model)")
+            try:
+                model = load_gate_model(name, lm)
+            except ModelError as e:
+                raise BundleError(f"the gate model {name!r} cannot be loaded ({e})") from None
+            return self.gate_model_for(lm, model)
+        if self.gate_reader is None or not self.steering.harm_gate:
+            return None
+        return self.gate_model_for(lm)
+
     def set_gate(
         self,
         probe: HarmProbe,

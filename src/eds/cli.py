@@ -389,18 +389,46 @@ StepsOpt = Annotated[int | None, typer.Option(help="gradient steps per position 
 ModeOpt = Annotated[str | None, typer.Option(help="always, gated or gated-entry (default: bundle's)")]
 
 
-def _load_for_steering(model: str, bundle_path: Path | None, dtype: str, device: str | None, system_prompt: str | None):
+GateModelOpt = Annotated[
+    str | None,
+    typer.Option(help="load the bundle's gate model by this name or folder instead of the one it records (e.g. moved)"),
+]
+
+
+def _load_for_steering(
+    model: str,
+    bundle_path: Path | None,
+    dtype: str,
+    device: str | None,
+    system_prompt: str | None,
+    gate_model: str | None = None,
+):
     from .bundle import BundleError, EnergyBundle
     from .models import load_model
 
+    if gate_model and bundle_path is None:
+        _fail("--gate-model replaces a bundle's gate model: give --bundle too")
     try:
         bundle = EnergyBundle.load(bundle_path) if bundle_path else None
         lm = load_model(model, dtype=dtype, device=device, system_prompt=system_prompt)
         if bundle is not None:
             bundle.check(lm)
+            _resolve_gate_model(bundle, lm, gate_model)
     except (BundleError, ModelError) as e:
         _fail(str(e))
     return lm, bundle
+
+
+def _resolve_gate_model(bundle, lm, gate_model: str | None) -> None:
+    """The bundle's gate model loaded before any generation, with the option that fixes a moved one."""
+    from .bundle import BundleError
+
+    try:
+        bundle.prepare_gate_model(lm, gate_model)
+    except BundleError as e:
+        if gate_model or "cannot be loaded by that name" not in str(e):
+            raise
+        raise BundleError(f"{e} (on the command line: --gate-model NAME_OR_FOLDER)") from None
 
 
 @app.command()
@@ -415,12 +443,13 @@ def generate(
     mode: ModeOpt = None,
     system_prompt: Annotated[str | None, typer.Option()] = None,
     dtype: DtypeOpt = "default",
+    gate_model: GateModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Reply to prompts, steered by an energy bundle (and unsteered, side by side)."""
     from .generate import generate as run_generate
 
-    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt)
+    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt, gate_model)
     steered, moved = run_generate(lm, prompt, bundle=b, max_new_tokens=max_new_tokens, eta=eta, steps=steps, mode=mode)
     plain = run_generate(lm, prompt, max_new_tokens=max_new_tokens)[0] if (compare and b) else None
     for i, p in enumerate(prompt):
@@ -441,12 +470,13 @@ def chat(
     mode: ModeOpt = None,
     system_prompt: Annotated[str | None, typer.Option()] = None,
     dtype: DtypeOpt = "default",
+    gate_model: GateModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Multi-turn chat in the terminal, streaming, steered if a bundle is given. /reset, /quit."""
     from .generate import stream_chat
 
-    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt)
+    lm, b = _load_for_steering(model, bundle, dtype, device, system_prompt, gate_model)
     messages: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     console.print(
         f"[bold]eds chat[/] with {model}"
@@ -505,6 +535,7 @@ def eval_cmd(
     mode: ModeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
     dtype: DtypeOpt = "default",
+    gate_model: GateModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Evaluate a model, plain and steered: refusal benchmarks, jailbreaks, capability; JSON + Markdown report."""
@@ -534,6 +565,7 @@ def eval_cmd(
         humaneval_limit=humaneval_limit,
         judge=judge,
         steer={k: v for k, v in {"eta": eta, "steps": steps, "mode": mode}.items() if v is not None},
+        gate_model=gate_model,
     )
     if sets:
         cfg.refusal_sets = tuple(sets)
@@ -591,6 +623,7 @@ def tune_cmd(
     max_new_tokens: Annotated[int, typer.Option()] = 40,
     save: Annotated[bool, typer.Option(help="write the chosen settings into the bundle")] = True,
     dtype: DtypeOpt = "default",
+    gate_model: GateModelOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Choose η, steps, mode, layers and gate threshold on validation splits: most benign compliance, safety first."""
@@ -630,7 +663,7 @@ def tune_cmd(
         cfg.layer_sets = tuple(_parse_layers(spec) for spec in layers or ())
     except ValueError as e:
         _fail(str(e))
-    lm, b = _load_for_steering(model, bundle, dtype, device, None)
+    lm, b = _load_for_steering(model, bundle, dtype, device, None, gate_model)
     try:
         res = tune(lm, b, cfg, bundle_path=bundle if save else None)
     except (BundleError, EvalError, data_mod.DataError, ValueError) as e:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import EnergyBundle
+from .bundle import BundleError, EnergyBundle
 from .evaluate import EvalResult, evaluate_refusals
 from .io import versions, write_text_atomic
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -59,6 +59,7 @@ class EvalConfig:
     drift_max_new_tokens: int = 48
     seed: int = 0
     steer: dict[str, Any] = field(default_factory=dict)  # overrides of the bundle's saved settings
+    gate_model: str | None = None  # the bundle's gate model loaded by this name instead of its recorded one
 
 
 def limited(spec: str, n: int | None) -> str:
@@ -201,8 +202,11 @@ def run_eval(
     rec.mkdir(parents=True, exist_ok=True)
     lm = lm or load_model(cfg.model)
     bundle = EnergyBundle.load(cfg.bundle) if cfg.bundle else None
+    if cfg.gate_model and bundle is None:
+        raise BundleError("a gate model replaces a bundle's: give a bundle too")
     if bundle is not None:
         bundle.check(lm)
+        bundle.prepare_gate_model(lm, cfg.gate_model)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "command": command,
