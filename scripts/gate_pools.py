@@ -32,7 +32,7 @@ from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from eds import DEFAULT_MODEL, load_model
-from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, load_many
+from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, Prompt, load_many
 from eds.energy import auroc
 from eds.evaluate import labelled_prompts
 from eds.models import LoadedModel, layer_input
@@ -96,23 +96,57 @@ def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) 
     return states
 
 
+def gate_train_prompts() -> tuple[list[list[Prompt]], list[Prompt]]:
+    """The gates' training prompts (the sixth bundle's gate data, `RECIPE_MIXTURE + GATE_MIXTURE`): per
+    spec, as `cached` keys their states, and flat with each text once (first seen), as gates train."""
+    per_spec = [load_many([spec], seed=0) for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE)]
+    seen: set[str] = set()
+    kept = [p for ps in per_spec for p in ps if not (p.prompt in seen or seen.add(p.prompt))]
+    return per_spec, kept
+
+
+def train_record(p: Prompt) -> dict[str, str]:
+    """What `split_rows` and the leave-one-type-out folds read of a training prompt."""
+    return {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
+
+
 def gate_train_set(
     lm: LoadedModel, layers: list[int], cache: Path
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, str]]]:
-    """The gates' training prompts (the sixth bundle's gate data, `RECIPE_MIXTURE + GATE_MIXTURE`): their
-    pooled states (one cache entry per spec) and records, de-duplicated by text."""
-    seen: set[str] = set()
-    recs, parts = [], []
-    for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE):
-        prompts = load_many([spec], seed=0)
-        states = cached(lm, [p.prompt for p in prompts], layers, cache)
-        keep = [i for i, p in enumerate(prompts) if not (p.prompt in seen or seen.add(p.prompt))]
-        recs += [
-            {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
-            for p in (prompts[i] for i in keep)
-        ]
-        parts.append({k: v[keep] for k, v in states.items()})
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, recs
+    """The gates' training prompts (`gate_train_prompts`): their pooled states (one cache entry per spec)
+    and records, de-duplicated by text."""
+    per_spec, kept = gate_train_prompts()
+    states = [cached(lm, [p.prompt for p in ps], layers, cache) for ps in per_spec]
+    first: dict[str, int] = {}
+    for i, p in enumerate(p for ps in per_spec for p in ps):
+        first.setdefault(p.prompt, i)
+    keep = torch.tensor([first[p.prompt] for p in kept])
+    return {k: torch.cat([s[k] for s in states])[keep] for k in states[0]}, [train_record(p) for p in kept]
+
+
+def val_columns(
+    train: dict[str, torch.Tensor],
+    val: dict[str, torch.Tensor],
+    harmful: torch.Tensor,
+    split: tuple[torch.Tensor, torch.Tensor],
+    keys: list[str],
+    recalls: list[float],
+    seed: int,
+) -> list[tuple[str, list[bool]]]:
+    """For each read-out `key` ('pool.layer'): a gate trained on the train rows of `split`, its thresholds
+    set on the held-out rows at each recall; a column per recall of which val prompts it flags."""
+    tr, va = split
+    columns = []
+    for key in keys:
+        x = train[key]
+        probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=seed)
+        with torch.no_grad():
+            held, lo = probe(x[va]), probe(val[key])
+        a = float(auroc(held, harmful[va]))
+        for r in recalls:
+            th = threshold_for(held, harmful[va], r)["threshold"]
+            columns.append((f"{key.replace('.', '@')} {r} (held-out AUROC {a:.3f})", (lo > th).tolist()))
+    return columns
 
 
 #: the last token's and the user's text's states side by side: one gate that can use either
@@ -201,19 +235,9 @@ def main() -> None:
     sources: dict[tuple[str, str], list[int]] = {}
     for i, (group, p) in enumerate(pairs):
         sources.setdefault((p.label, group), []).append(i)
-    tr, va = torch.tensor(tr_all), torch.tensor(va_all)
-    columns = []
-    for pool in pools:
-        for layer in layers:
-            x = train[f"{pool}.{layer}"]
-            probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=cfg.seed)
-            with torch.no_grad():
-                held, lo = probe(x[va]), probe(val[f"{pool}.{layer}"])
-            a = float(auroc(held, harmful[va]))
-            for r in recalls:
-                th = threshold_for(held, harmful[va], r)["threshold"]
-                columns.append((f"{pool}@{layer} {r} (held-out AUROC {a:.3f})", (lo > th).tolist()))
-    val_table(columns, sources)
+    split = (torch.tensor(tr_all), torch.tensor(va_all))
+    keys = [f"{pool}.{layer}" for pool in pools for layer in layers]
+    val_table(val_columns(train, val, harmful, split, keys, recalls, cfg.seed), sources)
 
 
 if __name__ == "__main__":

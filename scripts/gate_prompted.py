@@ -20,16 +20,14 @@ from pathlib import Path
 
 import torch
 from gate_flags import val_table
-from gate_pools import _Stop, cached, gate_train_set
+from gate_pools import _Stop, cached, gate_train_prompts, gate_train_set, train_record, val_columns
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from eds import DEFAULT_MODEL, load_model
-from eds.data import GATE_MIXTURE, RECIPE_MIXTURE, load_many
-from eds.energy import auroc
 from eds.evaluate import labelled_prompts
 from eds.models import LoadedModel, layer_input
-from eds.probe import GATE_WIDTH, check_user_spans, fit_probe, threshold_for
+from eds.probe import check_user_spans
 from eds.train import TrainConfig, split_rows
 from eds.tune import TuneConfig
 
@@ -112,26 +110,12 @@ def main() -> None:
     lm = load_model(args.model)
     cfg = TrainConfig()
 
-    # the train prompts in gate_train_set's order (de-duplicated by text)
-    seen: set[str] = set()
-    train_prompts = [
-        p.prompt
-        for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE)
-        for p in load_many([spec], seed=0)
-        if not (p.prompt in seen or seen.add(p.prompt))
-    ]
-    plain, recs = gate_train_set(lm, layers, args.cache) if args.plain else ({}, None)
-    if recs is None:
-        seen = set()
-        recs = [
-            {"label": p.label, "dataset": p.dataset, "category": p.category, "outcome": p.label}
-            for spec in (*RECIPE_MIXTURE, *GATE_MIXTURE)
-            for p in load_many([spec], seed=0)
-            if not (p.prompt in seen or seen.add(p.prompt))
-        ]
-    train = plain | cached_prompted(lm, train_prompts, layers, args.cache)
+    _, kept = gate_train_prompts()
+    recs = [train_record(p) for p in kept]
+    plain = gate_train_set(lm, layers, args.cache)[0] if args.plain else {}
+    train = plain | cached_prompted(lm, [p.prompt for p in kept], layers, args.cache)
     harmful = torch.tensor([r["label"] == "harmful" for r in recs])
-    tr, va = (torch.tensor(x) for x in split_rows(recs, cfg))
+    split = tuple(torch.tensor(x) for x in split_rows(recs, cfg))
     print(f"{len(recs)} train prompts ({int(harmful.sum())} harmful); {lm.fingerprint.name}, {lm.dtype_name}")
 
     sets = [*TuneConfig().val_sets, *(["tense_val:val"] if "tense_val:val" not in TuneConfig().val_sets else [])]
@@ -143,17 +127,8 @@ def main() -> None:
     sources: dict[tuple[str, str], list[int]] = {}
     for i, (group, p) in enumerate(pairs):
         sources.setdefault((p.label, group), []).append(i)
-    columns = []
-    for pool in ["prompted", *(["user", "last"] if args.plain else [])]:
-        for layer in layers:
-            x = train[f"{pool}.{layer}"]
-            probe = fit_probe(x[tr], harmful[tr], width=GATE_WIDTH, pool="last", seed=cfg.seed)
-            with torch.no_grad():
-                held, lo = probe(x[va]), probe(val[f"{pool}.{layer}"])
-            a = float(auroc(held, harmful[va]))
-            for r in recalls:
-                th = threshold_for(held, harmful[va], r)["threshold"]
-                columns.append((f"{pool}@{layer} {r} (AUROC {a:.3f})", (lo > th).tolist()))
+    keys = [f"{pool}.{layer}" for pool in ["prompted", *(["user", "last"] if args.plain else [])] for layer in layers]
+    columns = val_columns(train, val, harmful, split, keys, recalls, cfg.seed)
     val_table(columns, sources)
 
 
