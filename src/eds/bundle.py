@@ -42,6 +42,10 @@ class BundleError(ValueError):
     """A bundle is damaged, malformed, or made for another model."""
 
 
+class GateModelUnavailable(BundleError):
+    """A bundle's gate model cannot be loaded by the name it records (moved, or not on this machine)."""
+
+
 def load_gate_model(name: str, lm: LoadedModel) -> LoadedModel:
     """`name` loaded as a gate model beside the steered model `lm` (in its dtype, on its device), or the
     copy of it this process already holds."""
@@ -165,7 +169,7 @@ class EnergyBundle:
             try:
                 model = load_gate_model(name, lm)
             except ModelError as e:
-                raise BundleError(
+                raise GateModelUnavailable(
                     f"this bundle's gate reads the states of its gate model {name!r}, which cannot be loaded by "
                     f"that name here ({e}); load it yourself and pass it as gate_model"
                 ) from None

@@ -421,13 +421,11 @@ def _load_for_steering(
 
 def _resolve_gate_model(bundle, lm, gate_model: str | None) -> None:
     """The bundle's gate model loaded before any generation, with the option that fixes a moved one."""
-    from .bundle import BundleError
+    from .bundle import BundleError, GateModelUnavailable
 
     try:
         bundle.prepare_gate_model(lm, gate_model)
-    except BundleError as e:
-        if gate_model or "cannot be loaded by that name" not in str(e):
-            raise
+    except GateModelUnavailable as e:
         raise BundleError(f"{e} (on the command line: --gate-model NAME_OR_FOLDER)") from None
 
 
