@@ -87,12 +87,21 @@ def main() -> None:
     ap.add_argument("--records", required=True, type=Path, help="steered records (.jsonl) of eds eval or eds tune")
     ap.add_argument("--group", action="append", help="groups to report (default: all)")
     ap.add_argument("--model", default=None, help="default: the bundle's model")
+    ap.add_argument(
+        "--base", type=Path, default=None, help="base records of the same prompts: adds base refusals per side"
+    )
+    ap.add_argument("--logits", type=Path, default=None, help="write each row's gate logit here (JSONL)")
     args = ap.parse_args()
     bundle = EnergyBundle.load(args.bundle)
     lm = load_model(args.model or bundle.fingerprint.name)
     bundle.check(lm)
     rows = [r for r in read_records(args.records).values() if not args.group or r["group"] in args.group]
+    base = read_records(args.base) if args.base else {}
     logits = gate_logits(lm, bundle, [r["prompt"] for r in rows])
+    if args.logits:
+        with args.logits.open("w") as f:
+            for r, logit in zip(rows, logits, strict=True):
+                f.write(json.dumps({"key": r["key"], "group": r["group"], "label": r["label"], "logit": logit}) + "\n")
     counts: dict[str, Counter] = {}
     for r, logit in zip(rows, logits, strict=True):
         c = counts.setdefault(r["group"], Counter())
@@ -101,9 +110,17 @@ def main() -> None:
         c["flagged"] += flagged
         c["refused, flagged"] += r["refused"] and flagged
         c["refused, passed"] += r["refused"] and not flagged
+        if base:
+            b = base[r["key"]]["refused"]
+            c["base refused, flagged"] += b and flagged
+            c["base refused, passed"] += b and not flagged
     print(f"gate: layer {bundle.gate_layer}, threshold {bundle.gate_threshold:.3f}")
     for group, c in sorted(counts.items()):
-        print(json.dumps({"group": group, **c}))
+        passed = c["rows"] - c["flagged"]
+        # What the group's steered refusal rate would be if the flagged rows were refused as often as the
+        # passed ones: a gate that passed all of them, and optimistic, as flagged rows sound more harmful.
+        bound = c["refused, passed"] / passed if passed else float("nan")
+        print(json.dumps({"group": group, **c, "refused if all passed (passed rows' rate)": round(bound, 3)}))
 
 
 if __name__ == "__main__":
