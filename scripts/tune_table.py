@@ -24,14 +24,23 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="NAME=records.jsonl (repeatable)")
     ap.add_argument("--margin", type=float, default=0.01, help="the tune's margin (default 0.01)")
     args = ap.parse_args()
-    base = summarise(list(read_records(args.base).values()))
-    before = {d.name: d.refused.value for d in base.datasets}
-    runs = {}
+    records = {}
     for spec in args.run:
         name, sep, path = spec.rpartition("=")
         if not sep:
             ap.error(f"--run {spec!r}: write NAME=records.jsonl")
-        runs[name] = score(base, summarise(list(read_records(path).values())), args.margin)
+        records[name] = read_records(path)
+    base_rows = read_records(args.base)
+    # A val set that grew between runs (tense_val gained rows) would compare rates over different prompts:
+    # every column, the base included, counts only the prompts that every run has.
+    common = set(base_rows).intersection(*records.values())
+    if len(common) < len(base_rows):
+        print(f"(the {len(common)} of the base's {len(base_rows)} prompts that every run has)\n")
+    base = summarise([base_rows[k] for k in sorted(common)])
+    before = {d.name: d.refused.value for d in base.datasets}
+    runs = {
+        name: score(base, summarise([rows[k] for k in sorted(common)]), args.margin) for name, rows in records.items()
+    }
     print("| refusal change, points | base | " + " | ".join(runs) + " |")
     print("|---" * (len(runs) + 2) + "|")
     for src, b in sorted(before.items()):
