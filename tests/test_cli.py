@@ -289,6 +289,7 @@ def test_gate_model_trains_the_gate_on_its_states_and_steers_with_it(tmp_path, m
     ev += ["--capability", "none", "--max-new-tokens", "2", "--out", str(tmp_path / "ev")]
     res = runner.invoke(app, [*ev, "--bundle", str(tmp_path / "b")])  # fails before generating anything
     assert res.exit_code == 2 and not (tmp_path / "ev" / "records" / "refusal-base.jsonl").exists()
+    assert "--gate-model NAME_OR_FOLDER" in res.output.replace("\n", "")
     _GATE_MODELS.clear()
     res = runner.invoke(app, [*ev, "--bundle", str(tmp_path / "b"), "--gate-model", str(tmp_path / "moved")])
     assert res.exit_code == 0, res.output

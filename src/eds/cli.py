@@ -413,20 +413,19 @@ def _load_for_steering(
         lm = load_model(model, dtype=dtype, device=device, system_prompt=system_prompt)
         if bundle is not None:
             bundle.check(lm)
-            _resolve_gate_model(bundle, lm, gate_model)
+            bundle.prepare_gate_model(lm, gate_model)  # before any generation
     except (BundleError, ModelError) as e:
-        _fail(str(e))
+        _fail(_error_text(e))
     return lm, bundle
 
 
-def _resolve_gate_model(bundle, lm, gate_model: str | None) -> None:
-    """The bundle's gate model loaded before any generation, with the option that fixes a moved one."""
-    from .bundle import BundleError, GateModelUnavailable
+def _error_text(e: Exception) -> str:
+    """An error's message, with the option that fixes it where the command line has one."""
+    from .bundle import GateModelUnavailable
 
-    try:
-        bundle.prepare_gate_model(lm, gate_model)
-    except GateModelUnavailable as e:
-        raise BundleError(f"{e} (on the command line: --gate-model NAME_OR_FOLDER)") from None
+    if isinstance(e, GateModelUnavailable):
+        return f"{e} (on the command line: --gate-model NAME_OR_FOLDER)"
+    return str(e)
 
 
 @app.command()
@@ -571,7 +570,7 @@ def eval_cmd(
         lm = load_model(model, dtype=dtype, device=device)
         result = run_eval(cfg, lm, command="eds " + shlex.join(sys.argv[1:]))
     except (BundleError, ModelError, AssetError, EvalError, data_mod.DataError, ValueError) as e:
-        _fail(str(e))
+        _fail(_error_text(e))
     console.print(terminal_table(result))
     if json_path:
         write_text_atomic(json_path, json_mod.dumps(result, indent=1, default=str))
