@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -45,18 +46,24 @@ class _Stop(Exception):
     pass
 
 
-def pooled_states(lm: LoadedModel, prompts: list[str], layers: list[int], bs: int = 16) -> dict[str, torch.Tensor]:
-    """{f'{pool}.{layer}': [N, H] float32} for every pooling, from one forward per batch, pooled by the
-    function steering uses (`eds.probe.pool_states`; the user's text found by the template's span)."""
-    last, seen = max(layers), {}
-    span = check_user_spans(lm, prompts, None)
-    out: dict[str, list[torch.Tensor]] = {f"{p}.{layer}": [] for p in POOLS for layer in layers}
+def layer_reads(
+    lm: LoadedModel,
+    batches: Iterable[dict[str, torch.Tensor]],
+    layers: list[int],
+    read: Callable[[int, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    *,
+    total: int,
+    description: str,
+) -> dict[str, torch.Tensor]:
+    """Run each left-padded batch (`input_ids`, `attention_mask`) forward only up to the last of `layers`,
+    and concatenate over batches what `read(layer, states entering it, attention mask)` returns
+    (`{key: [B, H]}`, cast to float32 by `read`)."""
+    last, mask, seen = max(layers), {}, {}
+    out: dict[str, list[torch.Tensor]] = {}
 
     def make_hook(layer: int):
         def hook(module, args, kwargs):
-            h = layer_input(args, kwargs)
-            for pool in POOLS:
-                seen[f"{pool}.{layer}"] = pool_states(h, seen["att"], pool, span).float()
+            seen.update(read(layer, layer_input(args, kwargs), mask["att"]))
             if layer == last:
                 raise _Stop
 
@@ -64,36 +71,53 @@ def pooled_states(lm: LoadedModel, prompts: list[str], layers: list[int], bs: in
 
     handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
     try:
-        for i in track(range(0, len(prompts), bs), description=f"states of {len(prompts)} prompts"):
-            enc = lm.encode(prompts[i : i + bs])
-            seen["att"] = enc["attention_mask"]
+        for enc in track(batches, total=total, description=description):
+            mask["att"] = enc["attention_mask"]
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
             try:
                 with torch.inference_mode():
                     lm.model(**enc, position_ids=positions, use_cache=False)
             except _Stop:
                 pass
-            for key in out:
-                out[key].append(seen[key].cpu())
+            for key, states in seen.items():
+                out.setdefault(key, []).append(states.cpu())
     finally:
         for h in handles:
             h.remove()
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) -> dict[str, torch.Tensor]:
-    head = [json.dumps(lm.fingerprint.to_dict(), sort_keys=True), lm.dtype_name, str(lm.device)]
-    head += [lm.chat_texts(["<prompt>"])[0], str(sorted(layers)), "pools:" + ",".join(POOLS)]
-    key = hashlib.sha256("\n".join([*head, *prompts]).encode()).hexdigest()[:16]
-    path = cache / f"{key}.safetensors"
+def pooled_states(lm: LoadedModel, prompts: list[str], layers: list[int], bs: int = 16) -> dict[str, torch.Tensor]:
+    """{f'{pool}.{layer}': [N, H] float32} for every pooling, from one forward per batch, pooled by the
+    function steering uses (`eds.probe.pool_states`; the user's text found by the template's span)."""
+    span = check_user_spans(lm, prompts, None)
+
+    def read(layer: int, h: torch.Tensor, att: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"{pool}.{layer}": pool_states(h, att, pool, span).float() for pool in POOLS}
+
+    batches = (lm.encode(prompts[i : i + bs]) for i in range(0, len(prompts), bs))
+    total = -(-len(prompts) // bs)
+    return layer_reads(lm, batches, layers, read, total=total, description=f"states of {len(prompts)} prompts")
+
+
+def cache_states(cache: Path, name: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`cache/name.safetensors` if it exists, else `compute()` written there atomically."""
+    path = cache / f"{name}.safetensors"
     if path.exists():
         return load_file(str(path))
-    states = pooled_states(lm, prompts, sorted(layers))
+    states = compute()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in states.items()}, str(tmp))
     tmp.replace(path)
     return states
+
+
+def cached(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) -> dict[str, torch.Tensor]:
+    head = [json.dumps(lm.fingerprint.to_dict(), sort_keys=True), lm.dtype_name, str(lm.device)]
+    head += [lm.chat_texts(["<prompt>"])[0], str(sorted(layers)), "pools:" + ",".join(POOLS)]
+    key = hashlib.sha256("\n".join([*head, *prompts]).encode()).hexdigest()[:16]
+    return cache_states(cache, key, lambda: pooled_states(lm, prompts, sorted(layers)))
 
 
 def gate_train_prompts() -> tuple[list[list[Prompt]], list[Prompt]]:

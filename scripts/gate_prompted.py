@@ -20,13 +20,11 @@ from pathlib import Path
 
 import torch
 from gate_flags import val_table
-from gate_pools import _Stop, cached, gate_train_prompts, gate_train_set, train_record, val_columns
-from rich.progress import track
-from safetensors.torch import load_file, save_file
+from gate_pools import cache_states, cached, gate_train_prompts, gate_train_set, layer_reads, train_record, val_columns
 
 from eds import DEFAULT_MODEL, load_model
 from eds.evaluate import labelled_prompts
-from eds.models import LoadedModel, layer_input
+from eds.models import LoadedModel
 from eds.probe import check_user_spans
 from eds.train import TrainConfig, split_rows
 from eds.tune import TuneConfig
@@ -50,52 +48,27 @@ def wrapped_ids(lm: LoadedModel, prompts: list[str], prefix: str, suffix: str) -
 
 def last_states(lm: LoadedModel, ids: list[list[int]], layers: list[int], bs: int = 16) -> dict[str, torch.Tensor]:
     """{f'prompted.{layer}': [N, H] float32}: the last token's state entering each layer."""
-    last, seen = max(layers), {}
-    out: dict[str, list[torch.Tensor]] = {f"prompted.{layer}": [] for layer in layers}
-
-    def make_hook(layer: int):
-        def hook(module, args, kwargs):
-            seen[f"prompted.{layer}"] = layer_input(args, kwargs)[:, -1].float()
-            if layer == last:
-                raise _Stop
-
-        return hook
-
     pad = lm.tokenizer.pad_token_id
-    handles = [lm.layers[layer].register_forward_pre_hook(make_hook(layer), with_kwargs=True) for layer in layers]
-    try:
-        for i in track(range(0, len(ids), bs), description=f"prompted states of {len(ids)} prompts"):
-            batch = ids[i : i + bs]
-            n = max(map(len, batch))
-            x = torch.tensor([[pad] * (n - len(r)) + r for r in batch], device=lm.device)
-            att = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in batch], device=lm.device)
-            positions = (att.cumsum(-1) - 1).clamp_min(0)
-            try:
-                with torch.inference_mode():
-                    lm.model(input_ids=x, attention_mask=att, position_ids=positions, use_cache=False)
-            except _Stop:
-                pass
-            for key in out:
-                out[key].append(seen[key].cpu())
-    finally:
-        for h in handles:
-            h.remove()
-    return {k: torch.cat(v) for k, v in out.items()}
+
+    def batch(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        n = max(map(len, rows))
+        x = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=lm.device)
+        att = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=lm.device)
+        return {"input_ids": x, "attention_mask": att}
+
+    def read(layer: int, h: torch.Tensor, att: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"prompted.{layer}": h[:, -1].float()}
+
+    batches = (batch(ids[i : i + bs]) for i in range(0, len(ids), bs))
+    total = -(-len(ids) // bs)
+    return layer_reads(lm, batches, layers, read, total=total, description=f"prompted states of {len(ids)} prompts")
 
 
 def cached_prompted(lm: LoadedModel, prompts: list[str], layers: list[int], cache: Path) -> dict[str, torch.Tensor]:
     ids = wrapped_ids(lm, prompts, PREFIX, SUFFIX)
     head = [lm.fingerprint.name, lm.dtype_name, PREFIX, SUFFIX, str(sorted(layers))]
     key = hashlib.sha256("\n".join([*head, *map(str, ids)]).encode()).hexdigest()[:16]
-    path = cache / f"prompted-{key}.safetensors"
-    if path.exists():
-        return load_file(str(path))
-    states = last_states(lm, ids, sorted(layers))
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in states.items()}, str(tmp))
-    tmp.replace(path)
-    return states
+    return cache_states(cache, f"prompted-{key}", lambda: last_states(lm, ids, sorted(layers)))
 
 
 def main() -> None:
